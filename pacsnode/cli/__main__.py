@@ -1,0 +1,5 @@
+import sys
+
+from pacsnode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,399 @@
+"""config.toml → frozen, typed settings.
+
+Every section is a frozen dataclass. Loading walks the TOML document against the
+dataclass fields: an unknown key, a wrong type or a value outside its range is one
+:class:`~pacsnode.errors.ConfigError` whose message names the key, e.g.
+
+    node.port must be an integer from 1 to 65535, got 70000
+
+Nothing is coerced silently (a string "11112" is not a port) and the caller's
+dict is never mutated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pacsnode.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "NodeSettings",
+    "SecuritySettings",
+    "AllowedCaller",
+    "TlsSettings",
+    "SeriesSettings",
+    "RouteMatch",
+    "Route",
+    "Destination",
+    "ModelEntry",
+    "SchedulerSettings",
+    "RetentionSettings",
+    "MetricsSettings",
+    "load_settings",
+    "parse_settings",
+]
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+
+
+def _check(rule: Callable[[Any], bool], text: str) -> dict[str, Any]:
+    """Field metadata: a predicate and the words for what is valid."""
+    return {"check": (rule, text)}
+
+
+def _port(allow_zero: bool = False) -> dict[str, Any]:
+    lo = 0 if allow_zero else 1
+    return _check(lambda v: lo <= v <= 65535, f"an integer from {lo} to 65535")
+
+
+def _positive() -> dict[str, Any]:
+    return _check(lambda v: v > 0, "a positive number")
+
+
+def _non_negative() -> dict[str, Any]:
+    return _check(lambda v: v >= 0, "zero or a positive number")
+
+
+def _ae_title() -> dict[str, Any]:
+    return _check(
+        lambda v: bool(_AE_RE.match(v)) and v.strip() != "",
+        "an AE title of 1 to 16 printable characters without a backslash",
+    )
+
+
+def _is_network(v: str) -> bool:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_regex(v: str) -> bool:
+    try:
+        re.compile(v)
+    except re.error:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """[node]: who the node is on the network and where it keeps its state."""
+
+    ae_title: str = field(default="PACSNODE", metadata=_ae_title())
+    bind_address: str = "127.0.0.1"
+    port: int = field(default=11112, metadata=_port())
+    state_dir: Path = Path("var/pacsnode")
+    max_associations: int = field(default=8, metadata=_positive())
+    max_pdu: int = field(
+        default=262144,
+        metadata=_check(lambda v: v == 0 or 4096 <= v <= 2**32 - 1, "0 (unlimited) or from 4096"),
+    )
+    acse_timeout: float = field(default=30.0, metadata=_positive())
+    dimse_timeout: float = field(default=60.0, metadata=_positive())
+    network_timeout: float = field(default=60.0, metadata=_positive())
+    min_free_disk_mb: int = field(default=1024, metadata=_non_negative())
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class AllowedCaller:
+    """One entry of [[security.allowed_callers]]: an AE title and the networks it may call from."""
+
+    ae_title: str = field(metadata=_ae_title())
+    hosts: tuple[str, ...] = field(
+        default=("127.0.0.1/32",),
+        metadata=_check(lambda v: all(_is_network(h) for h in v), "IP addresses or networks"),
+    )
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """[security.tls]: DICOM TLS (TLS 1.2 or newer)."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = True
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """[security]: association policy."""
+
+    require_called_ae: bool = True
+    allow_any_caller: bool = False
+    allowed_callers: tuple[AllowedCaller, ...] = ()
+    tls: TlsSettings = TlsSettings()
+
+
+@dataclass(frozen=True)
+class SeriesSettings:
+    """[series]: what a unit of work is and when it is complete."""
+
+    group_by: Literal["series", "study"] = "series"
+    stable_seconds: float = field(default=10.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """[routes.match]: every non-empty criterion must hold (empty means any)."""
+
+    modality: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    series_description: str = field(default="", metadata=_check(_is_regex, "a valid regular expression"))
+    image_type: tuple[str, ...] = ()
+    sop_class_uid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """[[routes]]: series attributes → model → outputs → destinations."""
+
+    name: str
+    model: str
+    match: RouteMatch = RouteMatch()
+    outputs: tuple[Literal["seg", "sr", "nifti"], ...] = ("seg",)
+    seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
+    destinations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """[destinations.NAME]: a DICOM peer that receives results."""
+
+    ae_title: str = field(metadata=_ae_title())
+    host: str
+    port: int = field(metadata=_port())
+    calling_ae_title: str = field(default="", metadata=_check(lambda v: v == "" or bool(_AE_RE.match(v)), "empty (use node.ae_title) or an AE title"))
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """[models.NAME]: a deployable .onnx file ("builtin:NAME" for one shipped in the package)."""
+
+    file: str
+    threads: int = field(default=2, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """[scheduler]: workers, retries with exponential backoff, then dead letter."""
+
+    workers: int = field(default=1, metadata=_positive())
+    max_attempts: int = field(default=3, metadata=_positive())
+    backoff_seconds: float = field(default=10.0, metadata=_positive())
+    backoff_multiplier: float = field(default=2.0, metadata=_check(lambda v: v >= 1, "a number of at least 1"))
+    max_backoff_seconds: float = field(default=600.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: how long received instances and results are kept once a series has ended."""
+
+    done_days: float = field(default=7.0, metadata=_non_negative())
+    failed_days: float = field(default=30.0, metadata=_non_negative())
+    ignored_hours: float = field(default=24.0, metadata=_non_negative())
+    interval_minutes: float = field(default=60.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: the HTTP status page and Prometheus metrics (port 0 turns it off)."""
+
+    bind_address: str = "127.0.0.1"
+    port: int = field(default=0, metadata=_port(allow_zero=True))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole of config.toml."""
+
+    node: NodeSettings = NodeSettings()
+    security: SecuritySettings = SecuritySettings()
+    series: SeriesSettings = SeriesSettings()
+    routes: tuple[Route, ...] = ()
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    models: Mapping[str, ModelEntry] = field(default_factory=dict)
+    scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    source: Path | None = None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a config file; relative paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_settings(data, base_dir=path.resolve().parent, source=path)
+
+
+def parse_settings(
+    data: Mapping[str, Any], base_dir: Path | None = None, source: Path | None = None
+) -> Settings:
+    """Validate a parsed TOML document (a plain mapping) into :class:`Settings`."""
+    values = _build(Settings, {k: v for k, v in data.items()}, "", base_dir)
+    settings = Settings(**{**values, "source": source})
+    _cross_check(settings)
+    return settings
+
+
+# --- the walker ---------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path (string)"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin in (Mapping, dict) or origin is typing.get_origin(Mapping[str, int]):
+        return "a table"
+    if is_dataclass(tp):
+        return "a table"
+    return str(tp)
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _convert(tp: Any, value: Any, key: str, base_dir: Path | None) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or value == "":
+            if type(None) in args:
+                return None
+        return _convert(non_none[0], value, key, base_dir)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or value == "":
+            raise ConfigError(f"{key} must be a path (string), got {value!r}")
+        p = Path(value).expanduser()
+        if base_dir is not None and not p.is_absolute():
+            p = base_dir / p
+        return p
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
+    if origin is Mapping or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return types.MappingProxyType(
+            {k: _convert(args[1], v, _key(key, k), base_dir) for k, v in value.items()}
+        )
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return tp(**_build(tp, value, key, base_dir))
+    raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, base_dir: Path | None) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.name != "source" or cls is not Settings}
+    if cls is Settings:
+        known.pop("source", None)
+    for name in data:
+        if name not in known:
+            where = f"[{prefix}]" if prefix else "the top level"
+            valid = ", ".join(sorted(known))
+            raise ConfigError(f"{_key(prefix, name)} is not a known setting in {where}; valid keys: {valid}")
+    out: dict[str, Any] = {}
+    for name, f in known.items():
+        key = _key(prefix, name)
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{key} is required")
+            continue
+        value = _convert(hints[name], data[name], key, base_dir)
+        check = f.metadata.get("check")
+        if check is not None:
+            rule, text = check
+            if not rule(value):
+                raise ConfigError(f"{key} must be {text}, got {data[name]!r}")
+        out[name] = value
+    return out
+
+
+def _cross_check(s: Settings) -> None:
+    names = [r.name for r in s.routes]
+    for i, route in enumerate(s.routes):
+        if names.count(route.name) > 1:
+            raise ConfigError(f"routes[{i}].name must be unique, got {route.name!r} twice")
+        if route.model not in s.models:
+            valid = ", ".join(sorted(s.models)) or "none defined"
+            raise ConfigError(
+                f"routes[{i}].model must name a [models] entry, got {route.model!r}; valid: {valid}"
+            )
+        for dest in route.destinations:
+            if dest not in s.destinations:
+                valid = ", ".join(sorted(s.destinations)) or "none defined"
+                raise ConfigError(
+                    f"routes[{i}].destinations must name [destinations] entries, got {dest!r}; valid: {valid}"
+                )
+    tls = s.security.tls
+    if tls.enabled:
+        for name in ("cert", "key"):
+            if getattr(tls, name) is None:
+                raise ConfigError(f"security.tls.{name} is required when security.tls.enabled is true")
+        if tls.require_client_cert and tls.ca is None:
+            raise ConfigError("security.tls.ca is required when security.tls.require_client_cert is true")
+    if not s.security.allow_any_caller and not s.security.allowed_callers:
+        raise ConfigError(
+            "security.allowed_callers must list at least one caller unless security.allow_any_caller is true"
+        )

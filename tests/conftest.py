@@ -1,0 +1,54 @@
+"""Shared fixtures: real DICOM peers, free ports, the default config.
+
+DCMTK tools are called by absolute path (/usr/bin/...) because pynetdicom installs
+Python scripts of the same names into the virtualenv's bin/. TCP_NODELAY=1 is set
+for every DCMTK process (without it each C-STORE stalls on delayed ACKs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DCMTK_BIN = Path("/usr/bin")
+
+os.environ.setdefault("TCP_NODELAY", "1")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK tool; the test is skipped only if DCMTK is truly absent."""
+    path = DCMTK_BIN / tool
+    if not path.exists():
+        pytest.fail(f"DCMTK's {tool} is missing at {path}: run scripts/setup.sh (make test does)")
+    return str(path)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def default_config_path() -> Path:
+    return REPO / "config.toml"
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
