@@ -1,0 +1,298 @@
+"""Knowledge-distillation terms: logit KD, MS-SARD and MS-CA, and the trainable heads they need.
+
+Shapes: logits (B, K, *spatial); encoder features per stage (B, C_s, *spatial_s), highest
+resolution first (what ``net.forward_with_features`` returns); labels (B, *spatial) or
+(B, 1, *spatial) at the input resolution. Teacher tensors are always detached here.
+
+* :func:`logit_kd_loss`: ``T² · mean_voxels KL(softmax(t/T) || softmax(s/T))`` (sum over classes,
+  mean over batch and voxels, never over classes).
+* :func:`sard_loss` (multi-scale, size-normalized, region-aware feature distillation): per stage,
+  the adapter-projected student features against the teacher's, squared error weighted by
+  :func:`class_balanced_masks` (each present class sums to 1), the teacher's spatial attention
+  (mean |f| over channels, mean 1) and channel attention (softmax of pooled |f|, mean 1), with
+  separate foreground and background terms; stages weighted ``stage_decay**s``, normalized.
+* :func:`context_affinity_loss` (MS-CA): per stage, MSE between the cosine-affinity matrices of
+  features average-pooled to at most ``grid³`` positions (never an N×N over full resolution),
+  and/or :func:`global_context_loss`: attention-pooled context vectors (softmax over positions)
+  of the teacher and of the adapter-projected student.
+* :class:`KDHeads` owns the 1×1×1 adapters (student width → teacher width per stage). It must be
+  optimized with the student and is never exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillation.losses.segmentation import downsample_labels
+
+__all__ = [
+    "KDConfig",
+    "KDHeads",
+    "logit_kd_loss",
+    "LogitKDLoss",
+    "class_balanced_masks",
+    "sard_loss",
+    "SARDLoss",
+    "context_affinity_loss",
+    "global_context_loss",
+    "ContextLoss",
+    "stage_weights",
+]
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Which KD terms are on and how much each weighs (preset table ``[kd]``)."""
+
+    logit: bool = False
+    logit_weight: float = 1.0
+    temperature: float = 2.0
+    sard: bool = False
+    sard_weight: float = 1.0
+    sard_fg_weight: float = 1.0
+    sard_bg_weight: float = 0.1
+    ca: bool = False
+    ca_weight: float = 1.0
+    ca_affinity: bool = True
+    ca_global: bool = True
+    ca_grid: int = 8
+    stage_decay: float = 0.5
+    stages: tuple[int, ...] = field(default=())  # empty = every encoder stage
+
+    @property
+    def needs_features(self) -> bool:
+        return self.sard or self.ca
+
+    @property
+    def recipe(self) -> str:
+        """The KD method as the model card's provenance names it, e.g. ``logit+sard+ca``."""
+        return "+".join(n for n, on in (("logit", self.logit), ("sard", self.sard), ("ca", self.ca)) if on) or "none"
+
+
+def stage_weights(n: int, decay: float = 0.5) -> list[float]:
+    """``decay**s`` for stages 0..n-1 (highest resolution first), normalized to sum 1."""
+    w = [decay**s for s in range(n)]
+    total = sum(w)
+    return [x / total for x in w]
+
+
+class KDHeads(nn.Module):
+    """Trainable 1×1×1 conv adapters projecting each student stage to the teacher's width."""
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
+        super().__init__()
+        if len(student_channels) != len(teacher_channels):
+            raise ValueError(
+                "student and teacher must have the same number of encoder stages, got "
+                f"{len(student_channels)} and {len(teacher_channels)}"
+            )
+        self.student_channels = tuple(int(c) for c in student_channels)
+        self.teacher_channels = tuple(int(c) for c in teacher_channels)
+        self.adapters = nn.ModuleList(
+            nn.Conv3d(cs, ct, kernel_size=1, bias=True)
+            for cs, ct in zip(self.student_channels, self.teacher_channels, strict=True)
+        )
+
+    def init_identity(self) -> None:
+        """Identity adapters where widths match (used by tests; not a training default)."""
+        with torch.no_grad():
+            for a in self.adapters:
+                a.weight.zero_()
+                n = min(a.in_channels, a.out_channels)
+                a.weight[:n, :n, 0, 0, 0] = torch.eye(n)
+                a.bias.zero_()
+
+    def forward(self, student_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(student_features) != len(self.adapters):
+            raise ValueError(
+                f"KDHeads has {len(self.adapters)} adapters, got {len(student_features)} feature maps"
+            )
+        return [a(f) for a, f in zip(self.adapters, student_features, strict=True)]
+
+
+# --- logit KD --------------------------------------------------------------------------------------
+
+
+def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  temperature: float = 2.0) -> torch.Tensor:
+    """Temperature-scaled KL(teacher || student) per voxel, averaged over voxels, times T²."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "student and teacher logits must have the same shape, got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    t = float(temperature)
+    log_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
+    return kl.mean() * t * t
+
+
+class LogitKDLoss(nn.Module):
+    """Class twin of :func:`logit_kd_loss`."""
+
+    def __init__(self, temperature: float = 2.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return logit_kd_loss(student_logits, teacher_logits, self.temperature)
+
+
+# --- MS-SARD ---------------------------------------------------------------------------------------
+
+
+def class_balanced_masks(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K, *spatial) float masks: ``1[y = k] / |{y = k}|`` per sample and class.
+
+    Every class present in a sample sums to exactly 1 over its voxels, whatever its size;
+    an absent class is all zeros.
+    """
+    onehot = F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+    sizes = onehot.flatten(2).sum(-1)
+    return onehot / sizes.clamp_min(1.0).view(*sizes.shape, *([1] * (onehot.ndim - 2)))
+
+
+def _spatial_attention(t: torch.Tensor) -> torch.Tensor:
+    a = t.abs().mean(1)  # (B, *spatial)
+    return a / a.flatten(1).mean(1).clamp_min(1e-8).view(-1, *([1] * (a.ndim - 1)))
+
+
+def _channel_attention(t: torch.Tensor) -> torch.Tensor:
+    pooled = t.abs().flatten(2).mean(-1)  # (B, C)
+    return torch.softmax(pooled, dim=1) * t.shape[1]  # mean 1 over channels
+
+
+def _sard_stage(projected: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                num_classes: int, fg_weight: float, bg_weight: float) -> torch.Tensor:
+    if projected.shape != teacher.shape:
+        raise ValueError(
+            "projected student features must match the teacher's shape, got "
+            f"{tuple(projected.shape)} and {tuple(teacher.shape)}"
+        )
+    t = teacher.detach().float()
+    ch = _channel_attention(t)  # (B, C)
+    sp = _spatial_attention(t)  # (B, *s)
+    sq = (projected.float() - t) ** 2
+    err = (sq * ch.view(*ch.shape, *([1] * (sq.ndim - 2)))).mean(1) * sp  # (B, *s)
+    lab = downsample_labels(labels, teacher.shape[2:])
+    masks = class_balanced_masks(lab, num_classes)  # (B, K, *s)
+    per_class = (masks * err[:, None]).flatten(2).sum(-1)  # (B, K)
+    present = masks.flatten(2).sum(-1) > 0
+    bg = per_class[:, 0]
+    if num_classes > 1:
+        fg_present = present[:, 1:].float()
+        fg = (per_class[:, 1:] * fg_present).sum(1) / fg_present.sum(1).clamp_min(1.0)
+    else:
+        fg = torch.zeros_like(bg)
+    return (fg_weight * fg + bg_weight * bg).mean()
+
+
+def sard_loss(projected_student: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
+              labels: torch.Tensor, num_classes: int, *, fg_weight: float = 1.0,
+              bg_weight: float = 0.1, stage_decay: float = 0.5,
+              stages: Sequence[int] = ()) -> torch.Tensor:
+    """Multi-scale, size-normalized, attention-weighted feature distillation (see module doc)."""
+    idx = list(stages) or list(range(len(teacher_features)))
+    weights = stage_weights(len(idx), stage_decay)
+    total = teacher_features[0].new_zeros((), dtype=torch.float32)
+    for w, s in zip(weights, idx, strict=True):
+        total = total + w * _sard_stage(projected_student[s], teacher_features[s], labels,
+                                        num_classes, fg_weight, bg_weight)
+    return total
+
+
+class SARDLoss(nn.Module):
+    """Class twin of :func:`sard_loss` (the adapters live in :class:`KDHeads`)."""
+
+    def __init__(self, num_classes: int, fg_weight: float = 1.0, bg_weight: float = 0.1,
+                 stage_decay: float = 0.5, stages: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.num_classes, self.fg_weight, self.bg_weight = num_classes, fg_weight, bg_weight
+        self.stage_decay, self.stages = stage_decay, tuple(stages)
+
+    def forward(self, projected_student: Sequence[torch.Tensor],
+                teacher_features: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return sard_loss(projected_student, teacher_features, labels, self.num_classes,
+                         fg_weight=self.fg_weight, bg_weight=self.bg_weight,
+                         stage_decay=self.stage_decay, stages=self.stages)
+
+
+# --- MS-CA -----------------------------------------------------------------------------------------
+
+
+def _pooled(f: torch.Tensor, grid: int) -> torch.Tensor:
+    size = tuple(min(grid, s) for s in f.shape[2:])
+    pool = F.adaptive_avg_pool3d if f.ndim == 5 else F.adaptive_avg_pool2d
+    return pool(f.float(), size).flatten(2)  # (B, C, N), N <= grid^d
+
+
+def _affinity(f: torch.Tensor, grid: int) -> torch.Tensor:
+    p = F.normalize(_pooled(f, grid), dim=1, eps=1e-8)
+    return p.transpose(1, 2) @ p  # (B, N, N) cosine similarities
+
+
+def context_affinity_loss(student_features: Sequence[torch.Tensor],
+                          teacher_features: Sequence[torch.Tensor], *, grid: int = 8,
+                          stage_decay: float = 0.5, stages: Sequence[int] = ()) -> torch.Tensor:
+    """MSE between student and teacher pairwise cosine affinities of pooled features, per stage.
+
+    Widths may differ (affinities are N×N either way); the objective passes the
+    adapter-projected student features so the adapters learn from this term too.
+    """
+    idx = list(stages) or list(range(len(teacher_features)))
+    weights = stage_weights(len(idx), stage_decay)
+    total = teacher_features[0].new_zeros((), dtype=torch.float32)
+    for w, s in zip(weights, idx, strict=True):
+        a_s = _affinity(student_features[s], grid)
+        a_t = _affinity(teacher_features[s].detach(), grid)
+        total = total + w * F.mse_loss(a_s, a_t)
+    return total
+
+
+def _global_context(f: torch.Tensor) -> torch.Tensor:
+    flat = f.float().flatten(2)  # (B, C, N)
+    attn = torch.softmax(flat.mean(1), dim=-1)  # (B, N): softmax over positions
+    return (flat * attn[:, None]).sum(-1)  # (B, C)
+
+
+def global_context_loss(projected_student: Sequence[torch.Tensor],
+                        teacher_features: Sequence[torch.Tensor], *, stage_decay: float = 0.5,
+                        stages: Sequence[int] = ()) -> torch.Tensor:
+    """MSE between attention-pooled context vectors of teacher and adapter-projected student."""
+    idx = list(stages) or list(range(len(teacher_features)))
+    weights = stage_weights(len(idx), stage_decay)
+    total = teacher_features[0].new_zeros((), dtype=torch.float32)
+    for w, s in zip(weights, idx, strict=True):
+        c_s = _global_context(projected_student[s])
+        c_t = _global_context(teacher_features[s].detach())
+        total = total + w * F.mse_loss(c_s, c_t)
+    return total
+
+
+class ContextLoss(nn.Module):
+    """MS-CA: affinity alignment and/or global-context alignment, per stage."""
+
+    def __init__(self, affinity: bool = True, global_context: bool = True, grid: int = 8,
+                 stage_decay: float = 0.5, stages: Sequence[int] = ()) -> None:
+        super().__init__()
+        if not (affinity or global_context):
+            raise ValueError("MS-CA needs affinity or global context (or both), got neither")
+        self.affinity, self.global_context, self.grid = affinity, global_context, grid
+        self.stage_decay, self.stages = stage_decay, tuple(stages)
+
+    def forward(self, projected_student: Sequence[torch.Tensor],
+                teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        total = teacher_features[0].new_zeros((), dtype=torch.float32)
+        if self.affinity:
+            total = total + context_affinity_loss(projected_student, teacher_features, grid=self.grid,
+                                                  stage_decay=self.stage_decay, stages=self.stages)
+        if self.global_context:
+            total = total + global_context_loss(projected_student, teacher_features,
+                                                stage_decay=self.stage_decay, stages=self.stages)
+        return total
