@@ -1,0 +1,226 @@
+"""A model's label map → one DICOM Segmentation (highdicom), aligned with its source series.
+
+:func:`write_seg` is the one place that maps a model card and a label map onto
+``highdicom.seg.Segmentation``. What it guarantees (DESIGN.md §3, and highdicom's viewer
+checklist):
+
+- BINARY by default (what viewers display); FRACTIONAL (probabilities) and LABELMAP on request;
+- one segment per card label, numbered 1..N in label-value order, each described with the card's
+  SNOMED CT category and type, its recommended display colour (CIELab) and the algorithm
+  (family "Artificial Intelligence", model name, version, model file sha256);
+- every segment keeps a frame for every source frame (``omit_empty_frames=False``): empty
+  segments are described and present, and each frame carries one Derivation Image reference
+  to its source instance;
+- a new Series Instance UID per call and a series description that says it is AI output;
+- for multi-series models the other input series are referenced as further source images.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+import pacsnode
+from pacsnode.errors import ResultsError
+from pacsnode.results.card import CardLabel, CodeValue, ResultCard, result_card
+
+__all__ = ["SegType", "write_seg", "seg_series_description", "segment_numbers"]
+
+log = logging.getLogger(__name__)
+
+_MAX_LO = 64
+
+
+class SegType(enum.StrEnum):
+    """The Segmentation Type written; values are the config strings (route.seg_type)."""
+
+    BINARY = "binary"
+    FRACTIONAL = "fractional"
+    LABELMAP = "labelmap"
+
+
+def seg_series_description(card: ResultCard, kind: str = "SEG") -> str:
+    """'AI SEG brain-tumor 0.1.0 - not for clinical use', shortened to fit 64 characters."""
+    tail = " - not for clinical use"
+    head = f"AI {kind} {card.name} {card.version}"
+    return (head[: _MAX_LO - len(tail)] + tail).strip()
+
+
+def segment_numbers(card: Any) -> dict[int, int]:
+    """Label value → segment number (1..N in label-value order), as write_seg assigns them."""
+    rc = result_card(card)
+    return {lb.value: i for i, lb in enumerate(rc.labels, start=1)}
+
+
+def _code(c: CodeValue) -> Code:
+    return Code(value=c.value, scheme_designator=c.scheme, meaning=c.meaning)
+
+
+def algorithm_identification(card: ResultCard, model_sha256: str) -> hd.AlgorithmIdentificationSequence:
+    """AI family, model name and version, and the model file's sha256 as a parameter."""
+    return hd.AlgorithmIdentificationSequence(
+        name=card.name[:_MAX_LO],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=card.version[:_MAX_LO],
+        source="pacsnode",
+        parameters={"model_sha256": model_sha256},
+    )
+
+
+def _description(
+    number: int, label: CardLabel, algorithm: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    color = hd.color.CIELabColor.from_rgb(*label.color) if label.color is not None else None
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label.name[:_MAX_LO],
+        segmented_property_category=_code(label.category),
+        segmented_property_type=_code(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=color,
+    )
+
+
+def _check_labels(labels: np.ndarray, sources: Sequence[Dataset], card: ResultCard) -> None:
+    if labels.ndim != 3:
+        raise ResultsError(f"labels must be a 3-D array [k, i, j], got shape {labels.shape}")
+    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    if labels.shape != expected:
+        raise ResultsError(
+            f"labels must match the source series (slices, rows, columns) = {expected}, got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ResultsError(f"labels must be an integer array, got dtype {labels.dtype}")
+    valid = {0} | {lb.value for lb in card.labels}
+    present = {int(v) for v in np.unique(labels)}
+    if not present <= valid:
+        raise ResultsError(
+            f"labels must hold only 0 and the card's label values {sorted(valid - {0})}, "
+            f"got {sorted(present - valid)}"
+        )
+
+
+def _stacked(labels: np.ndarray, card: ResultCard) -> np.ndarray:
+    """[k, i, j] label map → [k, i, j, N] binary uint8, segment n = card.labels[n-1]."""
+    return np.stack([(labels == lb.value) for lb in card.labels], axis=-1).astype(np.uint8)
+
+
+def _fractional(probabilities: np.ndarray, labels: np.ndarray, card: ResultCard) -> np.ndarray:
+    """[K, k, i, j] probabilities → [k, i, j, N] float32 in [0, 1], one channel per card label.
+
+    K = max label value + 1 (softmax with background channel 0: label v is channel v) or
+    K = N (one sigmoid channel per card label, in card order).
+    """
+    probabilities = np.asarray(probabilities)
+    n = len(card.labels)
+    top = max(lb.value for lb in card.labels)
+    if probabilities.ndim != 4 or probabilities.shape[1:] != labels.shape:
+        raise ResultsError(
+            f"probabilities must be [K, k, i, j] with [k, i, j] = {labels.shape}, got {probabilities.shape}"
+        )
+    if probabilities.shape[0] == top + 1:
+        channels = [lb.value for lb in card.labels]
+    elif probabilities.shape[0] == n:
+        channels = list(range(n))
+    else:
+        raise ResultsError(
+            f"probabilities must have {top + 1} channels (background + labels) or {n} (one per label), "
+            f"got {probabilities.shape[0]}"
+        )
+    out = np.stack([probabilities[c] for c in channels], axis=-1).astype(np.float32)
+    if not np.isfinite(out).all() or out.min() < 0.0 or out.max() > 1.0:
+        raise ResultsError(
+            f"probabilities must be finite values from 0 to 1, got range [{np.nanmin(out)}, {np.nanmax(out)}]"
+        )
+    return out
+
+
+def write_seg(
+    source_datasets: Sequence[Dataset],
+    labels: np.ndarray,
+    card: Any,
+    *,
+    model_sha256: str,
+    seg_type: str | SegType = SegType.BINARY,
+    probabilities: np.ndarray | None = None,
+    further_source_datasets: Sequence[Dataset] = (),
+    series_number: int = 900,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    manufacturer: str = "pacsnode",
+    device_serial_number: str = "0",
+    software_versions: str | None = None,
+) -> hd.seg.Segmentation:
+    """Build the SEG of one model run.
+
+    ``source_datasets`` are the reference series' instances in Volume order, so that
+    ``labels[k]`` (uint8 [k, i, j]) segments ``source_datasets[k]``. ``card`` is a model card
+    (C's ModelCard, its JSON mapping or a :class:`ResultCard`). ``further_source_datasets``
+    are the instances of the model's other input series (same study and frame of reference),
+    referenced but not used for geometry. For FRACTIONAL, ``probabilities`` is float32
+    [K, k, i, j] (see :func:`_fractional`). Returns a highdicom Segmentation (a pydicom
+    Dataset) with a new Series Instance UID unless one is given.
+    """
+    rc = result_card(card)
+    kind = SegType(seg_type.lower() if isinstance(seg_type, str) else seg_type)
+    sources = list(source_datasets)
+    if not sources:
+        raise ResultsError("source_datasets must hold the reference series' instances, got none")
+    if not (isinstance(model_sha256, str) and len(model_sha256) == 64):
+        raise ResultsError(f"model_sha256 must be 64 hex digits, got {model_sha256!r}")
+    labels = np.asarray(labels)
+    _check_labels(labels, sources, rc)
+
+    if kind is SegType.FRACTIONAL:
+        if probabilities is None:
+            raise ResultsError("seg_type 'fractional' needs probabilities [K, k, i, j], got None")
+        pixels = _fractional(probabilities, labels, rc)
+    else:
+        pixels = _stacked(labels, rc)
+
+    algorithm = algorithm_identification(rc, model_sha256)
+    descriptions = [_description(n, lb, algorithm) for n, lb in enumerate(rc.labels, start=1)]
+    hd_type = {
+        SegType.BINARY: hd.seg.SegmentationTypeValues.BINARY,
+        SegType.FRACTIONAL: hd.seg.SegmentationTypeValues.FRACTIONAL,
+        SegType.LABELMAP: hd.seg.SegmentationTypeValues.LABELMAP,
+    }[kind]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixels,
+            segmentation_type=hd_type,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_instance_uid or hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or hd.UID(),
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            manufacturer_model_name=f"pacsnode {rc.name}"[:_MAX_LO],
+            software_versions=software_versions or f"pacsnode {pacsnode.__version__}; model {rc.version}",
+            device_serial_number=device_serial_number,
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            max_fractional_value=255,
+            content_label="AI_SEG",
+            content_description=f"{rc.name} {rc.version}"[:_MAX_LO],
+            omit_empty_frames=False,
+            further_source_images=list(further_source_datasets) or None,
+            series_description=seg_series_description(rc, "SEG"),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ResultsError(f"the SEG could not be built from the model output: {exc}") from exc
+    log.info(
+        "SEG %s: %s %d segments, %d frames, series %s",
+        seg.SOPInstanceUID, kind.value, len(descriptions), int(seg.NumberOfFrames), seg.SeriesInstanceUID,
+    )
+    return seg
