@@ -377,11 +377,15 @@ def write_series(array: np.ndarray, affine_lps: np.ndarray, out_dir: str | Path,
         ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = 1
-        _enhanced(ds, geo, iop, n, modality, image_type, rescale_used, centers, widths,
-                  explanations, study, series_description)
+        for keyword in ("AcquisitionDate", "AcquisitionTime", "ScanOptions", "ImagedNucleus",
+                        "EchoTrainLength", "KVP", "XRayTubeCurrent", "ConvolutionKernel"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        rest = _enhanced(ds, geo, iop, n, modality, image_type, rescale_used, centers, widths,
+                         explanations, study, series_description, dict(extra or {}))
         _pixel_module(ds, array.shape[1], array.shape[2], signed)
         ds.NumberOfFrames = n
-        for key, value in (extra or {}).items():
+        for key, value in rest.items():
             setattr(ds, key, value)
         _encode(ds, stored, ts)
         path = out / "MF00001.dcm"
@@ -439,8 +443,12 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 def _enhanced(ds: Dataset, geo: _Geometry, iop: list[str], n: int, modality: str,
               image_type: list[str], rescale: tuple[float, float] | None,
               centers: list[float], widths: list[float], explanations: list[str],
-              study: StudyInfo, series_description: str) -> None:
-    """Enhanced CT/MR modules: functional groups, dimension index, image type."""
+              study: StudyInfo, series_description: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Enhanced CT/MR modules: functional groups, dimension index, image type.
+
+    Acquisition parameters in ``extra`` (RepetitionTime, EchoTime, ...) go into their
+    functional-group macros; what is left is returned for the top level.
+    """
     ds.ImageType = [*image_type[:2], "VOLUME", "NONE"]
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
@@ -450,6 +458,7 @@ def _enhanced(ds: Dataset, geo: _Geometry, iop: list[str], n: int, modality: str
     ds.PresentationLUTShape = "IDENTITY"
     ds.LossyImageCompression = "00"
     ds.AcquisitionContextSequence = DicomSequence([])
+    ds.AcquisitionDuration = 180.0
     if modality == "MR":
         ds.ComplexImageComponent = "MAGNITUDE"
         ds.AcquisitionContrast = "UNKNOWN"
@@ -460,7 +469,6 @@ def _enhanced(ds: Dataset, geo: _Geometry, iop: list[str], n: int, modality: str
         ds.ImageComments = _SYNTHETIC_NOTE
         ds.PulseSequenceName = series_description[:16]
         ds.EchoPulseSequence = "GRADIENT"
-        ds.MultipleSpinEcho = "NO"
         ds.MultiPlanarExcitation = "NO"
         ds.PhaseContrast = "NO"
         ds.TimeOfFlightContrast = "NO"
@@ -506,6 +514,14 @@ def _enhanced(ds: Dataset, geo: _Geometry, iop: list[str], n: int, modality: str
         shared.CTImageFrameTypeSequence = DicomSequence([_item(
             FrameType=frame_type, PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME",
             VolumeBasedCalculationTechnique="NONE")])
+    if modality == "MR":
+        extra = _mr_macros(shared, extra, geo, n)
+        region = _code("12738006", "SCT", "Brain")
+    else:
+        _ct_macros(shared, geo, ds.SeriesInstanceUID)
+        region = _code("818981001", "SCT", "Abdomen")
+    shared.FrameAnatomySequence = DicomSequence([_item(
+        AnatomicRegionSequence=DicomSequence([region]), FrameLaterality="U")])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     per_frame = []
     for k in range(n):
@@ -519,6 +535,66 @@ def _enhanced(ds: Dataset, geo: _Geometry, iop: list[str], n: int, modality: str
         frame.PlanePositionSequence = DicomSequence([_item(ImagePositionPatient=_ds(geo.positions[k]))])
         per_frame.append(frame)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    return extra
+
+
+def _mr_macros(shared: Dataset, extra: dict[str, Any], geo: _Geometry, n: int) -> dict[str, Any]:
+    """The Enhanced MR functional-group macros, filled from a contrast's parameters."""
+    p = {key: extra.pop(key) for key in ("RepetitionTime", "EchoTime", "InversionTime", "FlipAngle",
+                                         "ScanningSequence", "SequenceVariant", "SequenceName")
+         if key in extra}
+    shared.MRTimingAndRelatedParametersSequence = DicomSequence([_item(
+        RepetitionTime=float(p.get("RepetitionTime", 2000.0)), FlipAngle=float(p.get("FlipAngle", 90.0)),
+        EchoTrainLength=1, RFEchoTrainLength=1, GradientEchoTrainLength=1,
+        SpecificAbsorptionRateSequence=DicomSequence([_item(
+            SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY", SpecificAbsorptionRateValue=0.5)]),
+        OperatingModeSequence=DicomSequence([_item(
+            OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL")]))])
+    shared.MRFOVGeometrySequence = DicomSequence([_item(
+        InPlanePhaseEncodingDirection="ROW", MRAcquisitionFrequencyEncodingSteps=256,
+        MRAcquisitionPhaseEncodingStepsInPlane=256, MRAcquisitionPhaseEncodingStepsOutOfPlane=n,
+        PercentSampling=100.0, PercentPhaseFieldOfView=100.0)])
+    shared.MREchoSequence = DicomSequence([_item(EffectiveEchoTime=float(p.get("EchoTime", 10.0)))])
+    ir = "IR" in str(p.get("ScanningSequence", ""))
+    shared.MRModifierSequence = DicomSequence([_item(
+        InversionRecovery="YES" if ir else "NO", FlowCompensation="NONE", T2Preparation="NO",
+        SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE", PartialFourier="NO",
+        ParallelAcquisition="NO", **({"InversionTimes": [float(p.get("InversionTime", 0.0))]} if ir else {}))])
+    shared.MRImagingModifierSequence = DicomSequence([_item(
+        MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
+        TransmitterFrequency=127.74, PixelBandwidth=200.0)])
+    shared.MRReceiveCoilSequence = DicomSequence([_item(
+        ReceiveCoilName="HEAD", ReceiveCoilManufacturerName="", ReceiveCoilType="VOLUME", QuadratureReceiveCoil="YES")])
+    shared.MRTransmitCoilSequence = DicomSequence([_item(TransmitCoilName="BODY", TransmitCoilManufacturerName="", TransmitCoilType="BODY")])
+    shared.MRAveragesSequence = DicomSequence([_item(NumberOfAverages=1.0)])
+    return extra
+
+
+def _ct_macros(shared: Dataset, geo: _Geometry, series_uid: str) -> None:
+    """The Enhanced CT functional-group macros of a routine helical abdomen."""
+    centre = [float(v) for v in geo.positions.mean(axis=0)]
+    shared.IrradiationEventIdentificationSequence = DicomSequence([_item(
+        IrradiationEventUID=_uid(series_uid, "irradiation"))])
+    shared.CTAcquisitionTypeSequence = DicomSequence([_item(
+        AcquisitionType="SPIRAL", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")])
+    shared.CTAcquisitionDetailsSequence = DicomSequence([_item(
+        DataCollectionDiameter=500.0, RevolutionTime=0.5, TotalCollimationWidth=40.0,
+        SingleCollimationWidth=0.625, TableHeight=150.0, GantryDetectorTilt=0.0)])
+    shared.CTTableDynamicsSequence = DicomSequence([_item(
+        TableSpeed=80.0, TableFeedPerRotation=40.0, SpiralPitchFactor=1.0)])
+    shared.CTPositionSequence = DicomSequence([_item(
+        TablePosition=0.0, ReconstructionTargetCenterPatient=centre, DataCollectionCenterPatient=centre)])
+    shared.CTGeometrySequence = DicomSequence([_item(
+        DistanceSourceToDetector=1040.0, DistanceSourceToDataCollectionCenter=570.0)])
+    shared.CTReconstructionSequence = DicomSequence([_item(
+        ConvolutionKernel="STANDARD", ConvolutionKernelGroup="SOFT_TISSUE",
+        ReconstructionDiameter=400.0, ReconstructionAlgorithm="FILTER_BACK_PROJ",
+        ReconstructionAngle=360.0, ImageFilter="NONE",
+        ReconstructionPixelSpacing=[float(v) for v in geo.pixel_spacing])])
+    shared.CTExposureSequence = DicomSequence([_item(
+        ExposureTimeInms=500.0, XRayTubeCurrentInmA=200.0, ExposureInmAs=100.0, ExposureModulationType="NONE")])
+    shared.CTXRayDetailsSequence = DicomSequence([_item(
+        KVP=120.0, FocalSpots=[1.2], FilterType="BODY", FilterMaterial=["ALUMINUM"])])
 
 
 def write_study(case: PhantomCase, out_dir: str | Path, *, study: StudyInfo | None = None,
