@@ -1,0 +1,360 @@
+"""The model card: the JSON carried in an .onnx file's metadata, as frozen typed records.
+
+``ModelCard.from_json`` (or ``from_dict``) validates everything and raises
+:class:`~pacsnode.errors.ModelError` naming the field (``labels[2].color``), the value
+received and what is valid. Unknown keys are refused so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from pacsnode.errors import ModelError
+
+__all__ = [
+    "SCHEMA",
+    "METADATA_KEY",
+    "NORMALIZATION_SCHEMES",
+    "ACTIVATIONS",
+    "Code",
+    "InputChannel",
+    "Normalization",
+    "Label",
+    "Postprocessing",
+    "ModelCard",
+    "load_model_card",
+]
+
+SCHEMA = "pacsnode.model_card/1"
+METADATA_KEY = "pacsnode.model_card"
+NORMALIZATION_SCHEMES = ("zscore", "ct", "none")
+ACTIVATIONS = ("softmax", "sigmoid")
+
+_REQUIRED = ("schema", "name", "version", "inputs", "target_spacing", "patch_size", "normalization", "labels")
+_OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "activation",
+             "postprocessing", "provenance")
+
+
+def _err(path: str, rule: str, value: Any, valid: str) -> ModelError:
+    shown = json.dumps(value) if not isinstance(value, str) else repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ModelError(f"model card field {path} {rule}, got {shown}; valid: {valid}")
+
+
+def _keys(obj: Any, path: str, required: Sequence[str], optional: Sequence[str] = ()) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise _err(path, "must be an object", obj, "a JSON object with keys " + ", ".join((*required, *optional)))
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise _err(f"{path}.{unknown[0]}" if path else unknown[0], "is not a known key", unknown[0],
+                   ", ".join((*required, *optional)))
+    for k in required:
+        if k not in obj:
+            raise ModelError(f"model card field {path + '.' if path else ''}{k} is required but missing; "
+                             f"valid keys: {', '.join((*required, *optional))}")
+    return obj
+
+
+def _str(v: Any, path: str, *, empty: bool = False) -> str:
+    if not isinstance(v, str) or (not empty and not v.strip()):
+        raise _err(path, "must be a non-empty string" if not empty else "must be a string", v, "a string")
+    return v
+
+
+def _bool(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise _err(path, "must be a boolean", v, "true or false")
+    return v
+
+
+def _num(v: Any, path: str, *, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and not v > 0):
+        raise _err(path, "must be a positive number" if positive else "must be a number", v,
+                   "a number greater than 0" if positive else "a number")
+    return float(v)
+
+
+def _triple(v: Any, path: str, *, integer: bool) -> tuple:
+    what = "three positive integers (z, y, x)" if integer else "three positive numbers in mm (z, y, x)"
+    if not isinstance(v, list) or len(v) != 3:
+        raise _err(path, "must be a list of three values", v, what)
+    out = []
+    for x in v:
+        ok = (isinstance(x, int) if integer else isinstance(x, (int, float))) and not isinstance(x, bool) and x > 0
+        if not ok:
+            raise _err(path, "must hold positive " + ("integers" if integer else "numbers"), v, what)
+        out.append(int(x) if integer else float(x))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (scheme, value, meaning), e.g. SCT 79654002 "Edema"."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str) -> Code:
+        d = _keys(d, path, ("scheme", "value", "meaning"))
+        return cls(_str(d["scheme"], f"{path}.scheme"), _str(d["value"], f"{path}.value"),
+                   _str(d["meaning"], f"{path}.meaning"))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"scheme": self.scheme, "value": self.value, "meaning": self.meaning}
+
+
+@dataclass(frozen=True)
+class InputChannel:
+    """One input channel and the selector that finds its series in a study."""
+
+    name: str
+    modality: str
+    series_description: str  # a regular expression searched in SeriesDescription
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str) -> InputChannel:
+        d = _keys(d, path, ("name", "modality", "series_description"))
+        rx = _str(d["series_description"], f"{path}.series_description")
+        try:
+            re.compile(rx)
+        except re.error as exc:
+            raise _err(f"{path}.series_description", f"must be a valid regular expression ({exc})", rx,
+                       "a Python regular expression such as '(?i)^flair'") from None
+        modality = _str(d["modality"], f"{path}.modality")
+        if not re.fullmatch(r"[A-Z]{2,16}", modality):
+            raise _err(f"{path}.modality", "must be a DICOM Modality code", modality, "e.g. MR, CT, PT")
+        return cls(_str(d["name"], f"{path}.name"), modality, rx)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "modality": self.modality, "series_description": self.series_description}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel intensity normalization, as nnU-Net's ZScore / CT schemes."""
+
+    scheme: str
+    use_nonzero_mask: bool = False
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str) -> Normalization:
+        if not isinstance(d, Mapping) or d.get("scheme") not in NORMALIZATION_SCHEMES:
+            value = d.get("scheme") if isinstance(d, Mapping) else d
+            raise _err(f"{path}.scheme", "must name a normalization scheme", value,
+                       ", ".join(NORMALIZATION_SCHEMES))
+        scheme = d["scheme"]
+        if scheme == "zscore":
+            d = _keys(d, path, ("scheme",), ("use_nonzero_mask",))
+            return cls("zscore", use_nonzero_mask=_bool(d.get("use_nonzero_mask", False), f"{path}.use_nonzero_mask"))
+        if scheme == "ct":
+            d = _keys(d, path, ("scheme", "clip", "mean", "std"))
+            clip = d["clip"]
+            if (not isinstance(clip, list) or len(clip) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in clip)
+                    or not clip[0] < clip[1]):
+                raise _err(f"{path}.clip", "must be [lo, hi] with lo < hi", clip, "two numbers, e.g. [-958, 327]")
+            return cls("ct", clip=(float(clip[0]), float(clip[1])), mean=_num(d["mean"], f"{path}.mean"),
+                       std=_num(d["std"], f"{path}.std", positive=True))
+        _keys(d, path, ("scheme",))
+        return cls("none")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.scheme == "zscore":
+            return {"scheme": "zscore", "use_nonzero_mask": self.use_nonzero_mask}
+        if self.scheme == "ct":
+            return {"scheme": "ct", "clip": list(self.clip or ()), "mean": self.mean, "std": self.std}
+        return {"scheme": self.scheme}
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output label (softmax) or region (sigmoid)."""
+
+    value: int
+    name: str
+    category: Code
+    type: Code
+    color: tuple[int, int, int]
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str) -> Label:
+        d = _keys(d, path, ("value", "name", "category", "type"), ("color",))
+        v = d["value"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 255:
+            raise _err(f"{path}.value", "must be an integer label value", v, "1 to 255 (0 is background)")
+        color = d.get("color", [128, 128, 128])
+        if (not isinstance(color, list) or len(color) != 3
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+            raise _err(f"{path}.color", "must be an RGB triple", color, "three integers 0-255")
+        return cls(v, _str(d["name"], f"{path}.name"), Code.from_dict(d["category"], f"{path}.category"),
+                   Code.from_dict(d["type"], f"{path}.type"), tuple(color))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "name": self.name, "category": self.category.to_dict(),
+                "type": self.type.to_dict(), "color": list(self.color)}
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """Label values whose prediction is reduced to its largest connected component."""
+
+    largest_component: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"largest_component": list(self.largest_component)}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to run one model; the single source of truth for its plans."""
+
+    name: str
+    version: str
+    inputs: tuple[InputChannel, ...]
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    normalization: tuple[Normalization, ...]
+    labels: tuple[Label, ...]
+    description: str = ""
+    intended_use: str = ""
+    crop_to_nonzero: bool = True
+    tile_step: float = 0.5
+    mirror_axes: tuple[int, ...] = ()
+    activation: str = "softmax"
+    postprocessing: Postprocessing = Postprocessing()
+    provenance: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    schema: str = SCHEMA
+
+    # ---- derived -----------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        """K, the number of output channels: labels + background (softmax) or regions (sigmoid)."""
+        return len(self.labels) + (1 if self.activation == "softmax" else 0)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.inputs)
+
+    def label(self, value: int) -> Label:
+        for lab in self.labels:
+            if lab.value == value:
+                return lab
+        raise ModelError(f"label value must be one of the card's labels, got {value}; "
+                         f"valid: {', '.join(str(lab.value) for lab in self.labels)}")
+
+    # ---- (de)serialisation ---------------------------------------------------------
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"model card must be valid JSON, got a parse error: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ModelCard:
+        d = _keys(d, "", _REQUIRED, _OPTIONAL)
+        if d["schema"] != SCHEMA:
+            raise _err("schema", "must name the card schema", d["schema"], repr(SCHEMA))
+        if not isinstance(d["inputs"], list) or not d["inputs"]:
+            raise _err("inputs", "must be a non-empty list of channels", d["inputs"],
+                       '[{"name": ..., "modality": ..., "series_description": ...}, ...]')
+        inputs = tuple(InputChannel.from_dict(x, f"inputs[{i}]") for i, x in enumerate(d["inputs"]))
+        names = [c.name for c in inputs]
+        if len(set(names)) != len(names):
+            raise _err("inputs", "must have unique channel names", names, "distinct names")
+        norm = d["normalization"]
+        if not isinstance(norm, list) or len(norm) != len(inputs):
+            raise _err("normalization", f"must be a list with one entry per input ({len(inputs)})", norm,
+                       f"{len(inputs)} entries with scheme in {', '.join(NORMALIZATION_SCHEMES)}")
+        normalization = tuple(Normalization.from_dict(x, f"normalization[{i}]") for i, x in enumerate(norm))
+        if not isinstance(d["labels"], list) or not d["labels"]:
+            raise _err("labels", "must be a non-empty list", d["labels"],
+                       '[{"value": 1, "name": ..., "category": ..., "type": ...}, ...]')
+        labels = tuple(Label.from_dict(x, f"labels[{i}]") for i, x in enumerate(d["labels"]))
+        values = [lab.value for lab in labels]
+        if len(set(values)) != len(values):
+            raise _err("labels", "must have unique values", values, "distinct integers 1-255")
+        activation = d.get("activation", "softmax")
+        if activation not in ACTIVATIONS:
+            raise _err("activation", "must name an output activation", activation, ", ".join(ACTIVATIONS))
+        if activation == "softmax" and sorted(values) != list(range(1, len(values) + 1)):
+            raise _err("labels", "must have values 1..N in some order for a softmax model", values,
+                       f"{list(range(1, len(values) + 1))}")
+        tile_step = _num(d.get("tile_step", 0.5), "tile_step", positive=True)
+        if tile_step > 1:
+            raise _err("tile_step", "must be a fraction of the patch", tile_step, "a number in (0, 1]")
+        mirror = d.get("mirror_axes", [])
+        if (not isinstance(mirror, list) or len(set(mirror)) != len(mirror)
+                or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in mirror)):
+            raise _err("mirror_axes", "must be a list of distinct spatial axes", mirror, "a subset of [0, 1, 2]")
+        post = _keys(d.get("postprocessing", {}), "postprocessing", (), ("largest_component",))
+        lcc = post.get("largest_component", [])
+        if not isinstance(lcc, list) or not all(v in values for v in lcc):
+            raise _err("postprocessing.largest_component", "must list label values of the card", lcc,
+                       f"a subset of {values}")
+        provenance = d.get("provenance", {})
+        if not isinstance(provenance, Mapping):
+            raise _err("provenance", "must be an object", provenance, "a JSON object")
+        return cls(
+            name=_str(d["name"], "name"),
+            version=_str(d["version"], "version"),
+            description=_str(d.get("description", ""), "description", empty=True),
+            intended_use=_str(d.get("intended_use", ""), "intended_use", empty=True),
+            inputs=inputs,
+            target_spacing=_triple(d["target_spacing"], "target_spacing", integer=False),  # type: ignore[arg-type]
+            patch_size=_triple(d["patch_size"], "patch_size", integer=True),  # type: ignore[arg-type]
+            normalization=normalization,
+            crop_to_nonzero=_bool(d.get("crop_to_nonzero", True), "crop_to_nonzero"),
+            tile_step=tile_step,
+            mirror_axes=tuple(mirror),
+            activation=activation,
+            labels=labels,
+            postprocessing=Postprocessing(tuple(lcc)),
+            provenance=MappingProxyType(json.loads(json.dumps(provenance))),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "intended_use": self.intended_use,
+            "inputs": [c.to_dict() for c in self.inputs],
+            "target_spacing": list(self.target_spacing),
+            "patch_size": list(self.patch_size),
+            "normalization": [n.to_dict() for n in self.normalization],
+            "crop_to_nonzero": self.crop_to_nonzero,
+            "tile_step": self.tile_step,
+            "mirror_axes": list(self.mirror_axes),
+            "activation": self.activation,
+            "labels": [lab.to_dict() for lab in self.labels],
+            "postprocessing": self.postprocessing.to_dict(),
+            "provenance": json.loads(json.dumps(dict(self.provenance))),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def load_model_card(source: str | bytes | Mapping[str, Any]) -> ModelCard:
+    """A validated card from JSON text or an already parsed mapping."""
+    if isinstance(source, Mapping):
+        return ModelCard.from_dict(source)
+    return ModelCard.from_json(source)
