@@ -117,23 +117,22 @@ def _stacked(labels: np.ndarray, card: ResultCard) -> np.ndarray:
 def _fractional(probabilities: np.ndarray, labels: np.ndarray, card: ResultCard) -> np.ndarray:
     """[K, k, i, j] probabilities → [k, i, j, N] float32 in [0, 1], one channel per card label.
 
-    K = max label value + 1 (softmax with background channel 0: label v is channel v) or
-    K = N (one sigmoid channel per card label, in card order).
+    K = N + 1 (softmax, background channel 0, then the labels in value order) or
+    K = N (one sigmoid channel per card label, in value order).
     """
     probabilities = np.asarray(probabilities)
     n = len(card.labels)
-    top = max(lb.value for lb in card.labels)
     if probabilities.ndim != 4 or probabilities.shape[1:] != labels.shape:
         raise ResultsError(
             f"probabilities must be [K, k, i, j] with [k, i, j] = {labels.shape}, got {probabilities.shape}"
         )
-    if probabilities.shape[0] == top + 1:
-        channels = [lb.value for lb in card.labels]
+    if probabilities.shape[0] == n + 1:
+        channels = list(range(1, n + 1))
     elif probabilities.shape[0] == n:
         channels = list(range(n))
     else:
         raise ResultsError(
-            f"probabilities must have {top + 1} channels (background + labels) or {n} (one per label), "
+            f"probabilities must have {n + 1} channels (background + labels) or {n} (one per label), "
             f"got {probabilities.shape[0]}"
         )
     out = np.stack([probabilities[c] for c in channels], axis=-1).astype(np.float32)
