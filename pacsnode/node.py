@@ -1,0 +1,283 @@
+"""The node: config → spool, ledger, scheduler, completeness, receiver, status page.
+
+``Node(settings).start()`` resumes whatever the ledger shows mid-way, then listens;
+``stop()`` stops accepting, lets associations in flight finish, and shuts the scheduler
+down cleanly. :meth:`Node.run` does both around SIGTERM / SIGINT for ``pacsnode serve``.
+
+What a completed unit does is pluggable: ``Node(settings, work=fn)`` (or
+``node.runner.work = fn``) where ``fn(job: JobRow) -> result paths`` runs inference and
+writes results; by default a routed unit's job is simply marked done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from pacsnode.config import ModelEntry, Settings
+from pacsnode.errors import LedgerError
+from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
+from pacsnode.ops import (
+    Metrics,
+    StatusServer,
+    retention_sweep,
+    sd_notify,
+    status_snapshot,
+    watchdog_interval,
+)
+from pacsnode.routing import route_unit
+from pacsnode.scheduler import (
+    JOB_HANDLER,
+    JobRunner,
+    JobWork,
+    Scheduler,
+    job_timer_id,
+    register_handler,
+    unregister_handler,
+)
+from pacsnode.scp import Receiver, StorageSCP
+from pacsnode.series import STABLE_HANDLER, Completeness
+from pacsnode.spool import Spool
+from pacsnode.states import JobState, SeriesState
+
+__all__ = ["Node", "model_sha256", "RETENTION_HANDLER"]
+
+LOG = logging.getLogger(__name__)
+
+RETENTION_HANDLER = "retention"
+UPKEEP_HANDLER = "upkeep"
+UPKEEP_SECONDS = 15.0
+
+_DIGESTS: dict[tuple[str, float, int], str] = {}
+
+
+def model_sha256(entry: ModelEntry, base_dir: Path | None = None) -> str:
+    """sha256 of a model file (cached by path, mtime and size). A model that cannot be found
+    yet ("builtin:NAME" not shipped, a path not there) is keyed by its name instead, so the
+    ledger still has a stable job key; the job itself will fail and say why."""
+    f = entry.file
+    if f.startswith("builtin:"):
+        path = Path(__file__).parent / "models" / f"{f.removeprefix('builtin:')}.onnx"
+    else:
+        path = Path(f).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+    try:
+        st = path.stat()
+    except OSError:
+        return hashlib.sha256(f"unresolved:{f}".encode()).hexdigest()
+    key = (str(path), st.st_mtime, st.st_size)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+class Node:
+    """One running pacsnode."""
+
+    def __init__(self, settings: Settings, *, work: JobWork | None = None) -> None:
+        self.settings = settings
+        state_dir = Path(settings.node.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.spool = Spool(state_dir, fsync=settings.node.fsync)
+        self.ledger = Ledger(state_dir / "ledger.sqlite")
+        self.scheduler = Scheduler(state_dir, settings.scheduler)
+        self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler, work)
+        self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete)
+        self.receiver = Receiver(
+            self.spool, self.ledger,
+            unit_of=self.completeness.unit_of,
+            on_recorded=self.completeness.instance_recorded,
+            min_free_disk_mb=settings.node.min_free_disk_mb,
+            metrics=self.metrics,
+        )
+        self.scp = StorageSCP(settings, self.receiver)
+        self.status_server: StatusServer | None = None
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._started = False
+        self.on_complete_hooks: list[Callable[[str, int], None]] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        register_handler(STABLE_HANDLER, self.completeness.fired)
+        register_handler(JOB_HANDLER, self.runner.run)
+        register_handler(RETENTION_HANDLER, self.retention)
+        register_handler(UPKEEP_HANDLER, self.upkeep)
+        swept = self.spool.sweep_partials()
+        if swept:
+            LOG.info("removed %d partial instance files left by a crash", swept)
+        self.reindex()
+        self.scheduler.start()
+        self.resume()
+        self.scheduler.every("retention", self.settings.retention.interval_minutes * 60, RETENTION_HANDLER)
+        self.scheduler.every("upkeep", UPKEEP_SECONDS, UPKEEP_HANDLER)
+        self.scp.start()
+        m = self.settings.metrics
+        if m.port:
+            self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy)
+            self.status_server.start()
+        self._started = True
+        sd_notify("READY=1\nSTATUS=receiving")
+        interval = watchdog_interval()
+        if interval:
+            self._watchdog = threading.Thread(target=self._pet_watchdog, args=(interval,),
+                                              name="watchdog", daemon=True)
+            self._watchdog.start()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let associations in flight finish (up to ``grace`` s), stop the
+        scheduler after its running jobs, close the ledger."""
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        sd_notify("STOPPING=1")
+        LOG.info("stopping: no new associations; waiting for %d in flight", len(self.scp.active()))
+        self.scp.stop(grace)
+        self.scheduler.shutdown(wait=True)
+        if self.status_server is not None:
+            self.status_server.stop()
+        for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER):
+            unregister_handler(name)
+        self.ledger.close()
+        LOG.info("stopped")
+
+    def run(self, grace: float = 30.0) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop cleanly."""
+        stop = threading.Event()
+
+        def _signal(signum: int, _frame: Any) -> None:
+            LOG.info("signal %s received", signal.Signals(signum).name)
+            stop.set()
+
+        old = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop(grace)
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def healthy(self) -> bool:
+        try:
+            self.ledger.instance_count()
+        except Exception:
+            return False
+        return self._started and self.scheduler.aps.running and self.scp.server is not None
+
+    def _pet_watchdog(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if self.healthy():
+                sd_notify("WATCHDOG=1")
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def reindex(self) -> int:
+        """Record spool files the ledger lacks (a power cut after fsync, before commit)."""
+        known = self.ledger.known_paths()
+        n = 0
+        for path in self.spool.files():
+            if str(path) in known:
+                continue
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                rec = InstanceRecord(
+                    sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+                    series_uid=str(ds.SeriesInstanceUID), study_uid=str(ds.StudyInstanceUID),
+                    path=path, size=path.stat().st_size,
+                    transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                )
+                attrs = SeriesAttributes(
+                    modality=str(ds.get("Modality", "")), series_description=str(ds.get("SeriesDescription", "")),
+                    body_part=str(ds.get("BodyPartExamined", "")),
+                    image_type=tuple(str(v) for v in (ds.get("ImageType") or [])),
+                    sop_class_uid=str(ds.SOPClassUID),
+                )
+            except Exception as exc:
+                LOG.warning("spool file %s cannot be re-indexed (%s); left in place", path, exc)
+                continue
+            unit_uid, kind = self.completeness.unit_of(rec.study_uid, rec.series_uid)
+            outcome = self.ledger.record_instance(rec, attrs, unit_uid=unit_uid, unit_kind=kind)
+            n += outcome.stored
+        if n:
+            LOG.warning("re-indexed %d spool files missing from the ledger", n)
+        return n
+
+    def resume(self) -> None:
+        """Pick up whatever the ledger shows mid-way."""
+        armed = self.completeness.resume()
+        completed = self.ledger.units([SeriesState.COMPLETE])
+        for u in completed:
+            self.unit_complete(u.uid, u.generation)
+        requeued = 0
+        for job in self.ledger.jobs([JobState.RUNNING]):
+            self.ledger.requeue_job(job.id)
+            requeued += 1
+        waiting = self.ledger.jobs([JobState.QUEUED, JobState.RETRY])
+        for job in waiting:
+            at = job.next_attempt_at if job.state is JobState.RETRY else None
+            if not self.scheduler.has(job_timer_id(job.id)) or job.state is JobState.QUEUED:
+                self.runner.submit(job.id, at)
+        LOG.info("resumed: %d units receiving, %d complete routed, %d running jobs re-queued, "
+                 "%d jobs waiting", armed, len(completed), requeued, len(waiting))
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def unit_complete(self, unit_uid: str, generation: int) -> None:
+        """A unit is complete: route it, then queue its job (or record it as ignored)."""
+        t0 = time.perf_counter()
+        try:
+            members = [(s.series_uid, s.attributes) for s in self.ledger.series(unit_uid)]
+            chosen = route_unit(members, self.settings.routes)
+            if chosen is None:
+                described = "; ".join(
+                    f"{a.modality or '-'} {a.series_description!r}" for _, a in members[:4])
+                self.ledger.set_unit_state(unit_uid, SeriesState.IGNORED,
+                                           reason=f"no route matches ({described})")
+                LOG.info("unit %s ignored: no route matches", unit_uid)
+            else:
+                route = chosen.route
+                entry = self.settings.models[route.model]
+                base = self.settings.source.resolve().parent if self.settings.source else None
+                job = self.ledger.queue_job(unit_uid, route=route.name, model_name=route.model,
+                                            model_sha256=model_sha256(entry, base))
+                LOG.info("unit %s routed to %s: job %d queued", unit_uid, route.name, job.id)
+                self.runner.submit(job.id)
+        except LedgerError as exc:
+            # Reopened by a late instance meanwhile: its next completion routes it.
+            LOG.info("unit %s not routed now: %s", unit_uid, exc)
+            return
+        finally:
+            self.metrics.observe("route", time.perf_counter() - t0)
+        for hook in self.on_complete_hooks:
+            hook(unit_uid, generation)
+
+    def upkeep(self) -> None:
+        """Schedule queued jobs that have no timer (e.g. `pacsnode jobs retry` from another
+        process wrote only the ledger)."""
+        for job in self.ledger.jobs([JobState.QUEUED]):
+            if not self.scheduler.has(job_timer_id(job.id)):
+                self.runner.submit(job.id)
+
+    def retention(self) -> None:
+        retention_sweep(self.ledger, self.spool, self.settings.retention)
+
+    def status(self) -> dict[str, Any]:
+        return status_snapshot(self.ledger)

@@ -1,0 +1,217 @@
+"""Operations: metrics, status, health, systemd notify/watchdog, retention.
+
+* :class:`Metrics` — counters and per-stage timings, rendered in the Prometheus text format.
+* :func:`status_snapshot` — counts from the ledger (units, series, jobs, deliveries).
+* :class:`StatusServer` — a tiny stdlib HTTP server: ``/`` (JSON status), ``/metrics``,
+  ``/healthz``; started only when ``metrics.port`` is not 0.
+* :func:`sd_notify` — READY=1 / WATCHDOG=1 / STOPPING=1 through ``$NOTIFY_SOCKET``.
+* :func:`retention_sweep` — removes the spool files of finished units past their age.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pacsnode.config import RetentionSettings
+from pacsnode.ledger import Ledger
+from pacsnode.spool import Spool
+from pacsnode.states import SeriesState
+
+__all__ = [
+    "Metrics",
+    "status_snapshot",
+    "StatusServer",
+    "sd_notify",
+    "watchdog_interval",
+    "retention_sweep",
+]
+
+LOG = logging.getLogger(__name__)
+
+
+class Metrics:
+    """Thread-safe counters (``inc``) and stage timings (``observe``) for Prometheus."""
+
+    _HELP = {
+        "instances_received_total": "Instances stored (first copy only)",
+        "instances_duplicate_total": "Instances received again and not stored twice",
+        "instances_failed_total": "C-STORE requests answered with a failure status",
+        "bytes_received_total": "Bytes of instances stored",
+        "associations_accepted_total": "Associations accepted",
+        "associations_rejected_total": "Associations rejected",
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, float] = defaultdict(float)
+        self._timings: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # count, sum
+
+    def inc(self, name: str, value: float = 1.0) -> None:
+        with self._lock:
+            self._counters[name] += value
+
+    def observe(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            t = self._timings[stage]
+            t[0] += 1
+            t[1] += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"counters": dict(self._counters),
+                    "timings": {k: {"count": v[0], "sum": v[1]} for k, v in self._timings.items()}}
+
+    def render(self, gauges: dict[str, float] | None = None) -> str:
+        """The Prometheus text exposition format."""
+        snap = self.snapshot()
+        lines: list[str] = []
+        for name in sorted(set(self._HELP) | set(snap["counters"])):
+            full = f"pacsnode_{name}"
+            lines.append(f"# HELP {full} {self._HELP.get(name, name)}")
+            lines.append(f"# TYPE {full} counter")
+            lines.append(f"{full} {snap['counters'].get(name, 0.0):g}")
+        if snap["timings"]:
+            lines.append("# HELP pacsnode_stage_seconds Time spent per stage")
+            lines.append("# TYPE pacsnode_stage_seconds summary")
+            for stage, t in sorted(snap["timings"].items()):
+                lines.append(f'pacsnode_stage_seconds_count{{stage="{stage}"}} {t["count"]:g}')
+                lines.append(f'pacsnode_stage_seconds_sum{{stage="{stage}"}} {t["sum"]:.6f}')
+        for name, value in sorted((gauges or {}).items()):
+            metric, _, label = name.partition("|")
+            full = f"pacsnode_{metric}"
+            lines.append(f"# TYPE {full} gauge")
+            lines.append(f"{full}{{{label}}} {value:g}" if label else f"{full} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def status_snapshot(ledger: Ledger) -> dict[str, Any]:
+    """Counts by state from the ledger, and the queue depth."""
+    counts = ledger.counts()
+    return {
+        "units": counts["units"],
+        "series": counts["series"],
+        "jobs": counts["jobs"],
+        "deliveries": counts["deliveries"],
+        "instances": counts["instances"]["total"],
+        "pending_units": counts["units"].get(SeriesState.RECEIVING.value, 0),
+        "queue_depth": counts["jobs"].get("queued", 0) + counts["jobs"].get("retry", 0),
+    }
+
+
+def _gauges(status: dict[str, Any]) -> dict[str, float]:
+    g: dict[str, float] = {"queue_depth": status["queue_depth"], "instances_in_ledger": status["instances"]}
+    for kind in ("units", "jobs", "deliveries"):
+        for state, n in status[kind].items():
+            g[f'{kind}|state="{state}"'] = n
+    return g
+
+
+class StatusServer:
+    """``/`` status JSON, ``/metrics`` Prometheus text, ``/healthz`` (200 when healthy)."""
+
+    def __init__(self, bind: str, port: int, ledger: Ledger, metrics: Metrics,
+                 healthy: Callable[[], bool]) -> None:
+        ledger_, metrics_, healthy_ = ledger, metrics, healthy
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                try:
+                    if self.path == "/healthz":
+                        ok = healthy_()
+                        self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                    elif self.path == "/metrics":
+                        body = metrics_.render(_gauges(status_snapshot(ledger_))).encode()
+                        self._send(200, "text/plain; version=0.0.4", body)
+                    elif self.path in ("/", "/status"):
+                        body = json.dumps(status_snapshot(ledger_), indent=2).encode()
+                        self._send(200, "application/json", body)
+                    else:
+                        self._send(404, "text/plain", b"not found\n")
+                except Exception:
+                    LOG.exception("status page failed")
+                    self._send(500, "text/plain", b"error\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                LOG.debug("http: " + format, *args)
+
+        self.httpd = ThreadingHTTPServer((bind, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="status-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sd_notify(message: str) -> bool:
+    """Send a systemd notification (READY=1, WATCHDOG=1, STOPPING=1, STATUS=...).
+
+    Does nothing (returns False) when not run by systemd with ``Type=notify``.
+    """
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError as exc:
+        LOG.warning("systemd notify failed: %s", exc)
+        return False
+
+
+def watchdog_interval() -> float | None:
+    """Half the systemd watchdog period (seconds), or None when no watchdog is set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+def retention_sweep(ledger: Ledger, spool: Spool, settings: RetentionSettings,
+                    now: float | None = None) -> int:
+    """Delete the spool files of done / failed / ignored units older than their retention
+    age (measured from the unit's last change); returns how many units were purged."""
+    now = time.time() if now is None else now
+    ages = {
+        SeriesState.DONE: settings.done_days * 86400,
+        SeriesState.FAILED: settings.failed_days * 86400,
+        SeriesState.IGNORED: settings.ignored_hours * 3600,
+    }
+    purged = 0
+    for unit in ledger.units(ages):
+        if unit.purged_at is not None or now - unit.updated_at < ages[unit.state]:
+            continue
+        for path in ledger.instance_paths(unit.uid):
+            spool.remove(path)
+        ledger.mark_purged(unit.uid, now=now)
+        purged += 1
+        LOG.info("retention: removed the instances of %s unit %s", unit.state.value, unit.uid)
+    return purged

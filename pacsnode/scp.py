@@ -1,0 +1,549 @@
+"""The DICOM receiver: association policy and the C-ECHO / C-STORE handlers.
+
+Policy (checked while negotiating, answered with the standard A-ASSOCIATE-RJ reasons):
+
+* the called AE title must be the node's (``called AE title not recognised``);
+* the calling AE title must be listed in ``security.allowed_callers`` together with the
+  network the peer connects from (``calling AE title not recognised``);
+* at most ``node.max_associations`` at once (rejected transient, ``local limit exceeded``);
+* optional DICOM TLS, TLS 1.2 or newer, client certificates verified against the CA.
+
+The C-STORE handler is thin and has a hard boundary: whatever goes wrong becomes a
+failure status, and Success is answered only once the instance file is fsynced and its
+ledger row committed. The dataset is stored exactly as received (file meta + the encoded
+bytes); only the few header attributes the node needs are parsed, and parsing stops
+before the first element after (0020,0011) so pixel data is never touched.
+
+Statuses: 0x0000 success (also for a duplicate SOP Instance UID, which is not stored
+twice); 0xA700 out of resources (free disk below ``node.min_free_disk_mb``, or a write
+failed for lack of space); 0xC000 the data set cannot be decoded; 0xC001 it lacks a
+required UID; 0xC002 its SOP Instance UID differs from the request's; 0x0110 any other
+processing failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    build_context,
+    evt,
+)
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationServer
+
+from pacsnode.config import SecuritySettings, Settings, TlsSettings
+from pacsnode.errors import ConfigError, ReceiveError
+from pacsnode.ledger import InstanceRecord, Ledger, RecordOutcome, SeriesAttributes
+from pacsnode.ops import Metrics
+from pacsnode.spool import Spool
+
+__all__ = [
+    "TRANSFER_SYNTAXES",
+    "storage_contexts",
+    "make_server_ssl_context",
+    "read_header",
+    "Header",
+    "encode_file_meta",
+    "CallerPolicy",
+    "Receiver",
+    "StorageSCP",
+    "STATUS_SUCCESS",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_MISSING_UID",
+    "STATUS_UID_MISMATCH",
+    "STATUS_PROCESSING_FAILURE",
+]
+
+LOG = logging.getLogger(__name__)
+AUDIT = logging.getLogger("pacsnode.audit")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_MISSING_UID = 0xC001
+STATUS_UID_MISMATCH = 0xC002
+STATUS_PROCESSING_FAILURE = 0x0110
+
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Every storage SOP class pynetdicom knows (Enhanced CT/MR multi-frame included), each
+    with the uncompressed and the common compressed transfer syntaxes, plus Verification."""
+    cxs = [build_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES)) for cx in AllStoragePresentationContexts]
+    cxs.append(build_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return cxs
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+class _LazyHandshakeContext(ssl.SSLContext):
+    """Defers the TLS handshake to the association's own thread (first read), so a slow or
+    silent client cannot hold up the accept loop."""
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def make_server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A server context: TLS 1.2+, the node's certificate, client certs verified when required."""
+    if tls.cert is None or tls.key is None:
+        raise ConfigError("security.tls.cert and security.tls.key are required when TLS is enabled")
+    ctx = _LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        if tls.ca is not None:
+            ctx.load_verify_locations(cafile=str(tls.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"security.tls files must be readable PEM certificate/key/CA, got {exc}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return ctx
+
+
+# --- header parsing -----------------------------------------------------------------------------
+
+_WANTED = [Tag(t) for t in (0x00080005, 0x00080008, 0x00080016, 0x00080018, 0x00080060, 0x0008103E,
+                            0x00180015, 0x0020000D, 0x0020000E, 0x00200011)]
+_LAST_WANTED = 0x00200011
+
+
+def _stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _LAST_WANTED
+
+
+@dataclass(frozen=True)
+class Header:
+    """The UIDs and routing attributes of one instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    attributes: SeriesAttributes
+
+
+def _text(ds: Any, keyword: str) -> str:
+    v = ds.get(keyword)
+    if v is None:
+        return ""
+    return str(v).strip()
+
+
+def read_header(data: bytes, transfer_syntax: str) -> Header:
+    """Parse the header of an encoded data set (no file meta) in ``transfer_syntax``.
+
+    Raises :class:`ReceiveError` when the bytes cannot be decoded or a UID is missing.
+    """
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+        implicit = transfer_syntax == ImplicitVRLittleEndian
+        ds = read_dataset(BytesIO(data), implicit, True, stop_when=_stop, specific_tags=_WANTED)
+        uids = {k: _text(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                                          "SeriesInstanceUID")}
+        image_type = ds.get("ImageType")
+        if image_type is None:
+            it: tuple[str, ...] = ()
+        elif isinstance(image_type, str):
+            it = (image_type.strip(),)
+        else:
+            it = tuple(str(v).strip() for v in image_type)
+        number = ds.get("SeriesNumber")
+        attrs = SeriesAttributes(
+            modality=_text(ds, "Modality"),
+            series_description=_text(ds, "SeriesDescription"),
+            body_part=_text(ds, "BodyPartExamined"),
+            image_type=it,
+            sop_class_uid=uids["SOPClassUID"],
+            series_number=int(number) if number not in (None, "") else None,
+        )
+    except ReceiveError:
+        raise
+    except Exception as exc:
+        raise ReceiveError(f"the data set must be decodable in transfer syntax {transfer_syntax}, "
+                           f"got {type(exc).__name__}: {exc}") from None
+    missing = [k for k, v in uids.items() if not v]
+    if missing:
+        raise ReceiveError(f"an instance must carry {', '.join(missing)}, got none")
+    return Header(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"],
+                  uids["SeriesInstanceUID"], attrs)
+
+
+# --- file meta ----------------------------------------------------------------------------------
+
+
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    tag = struct.pack("<HH", group_elem >> 16, group_elem & 0xFFFF)
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return tag + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _ui(v: str) -> bytes:
+    b = v.encode("ascii")
+    return b + b"\0" if len(b) % 2 else b
+
+
+def _cs(v: str) -> bytes:
+    b = v.encode("ascii", "replace")
+    return b + b" " if len(b) % 2 else b
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                     source_ae: str = "") -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (Explicit VR Little Endian)."""
+    body = b"".join((
+        _element(0x00020001, b"OB", b"\x00\x01"),
+        _element(0x00020002, b"UI", _ui(sop_class_uid)),
+        _element(0x00020003, b"UI", _ui(sop_instance_uid)),
+        _element(0x00020010, b"UI", _ui(transfer_syntax)),
+        _element(0x00020012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
+        _element(0x00020013, b"SH", _cs(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        _element(0x00020016, b"AE", _cs(source_ae)) if source_ae else b"",
+    ))
+    return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
+
+
+# --- association policy -------------------------------------------------------------------------
+
+
+class CallerPolicy:
+    """Which calling AE titles may connect from which address."""
+
+    def __init__(self, security: SecuritySettings) -> None:
+        self.allow_any = security.allow_any_caller
+        self._rules = [
+            (c.ae_title.strip(), [ipaddress.ip_network(h, strict=False) for h in c.hosts])
+            for c in security.allowed_callers
+        ]
+
+    def titles_for(self, address: str) -> list[str]:
+        """Calling AE titles allowed from ``address``."""
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return []
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return [ae for ae, nets in self._rules if any(ip.version == n.version and ip in n for n in nets)]
+
+    def allows(self, calling_ae: str, address: str) -> bool:
+        return self.allow_any or calling_ae.strip() in self.titles_for(address)
+
+
+_NOBODY = "\\"  # not a valid AE title: makes pynetdicom reject every calling AE
+
+
+class _PolicyAE(ApplicationEntity):
+    """pynetdicom checks ``require_calling_aet`` while negotiating, in the association's own
+    thread; answering per peer address turns its AE-title check into AE title + address."""
+
+    policy: CallerPolicy | None = None
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        policy = self.policy
+        assoc = threading.current_thread()
+        if policy is None or policy.allow_any or not isinstance(assoc, Association):
+            return []
+        return policy.titles_for(str(assoc.requestor.address)) or [_NOBODY]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        raise AttributeError("calling AE titles come from the node's CallerPolicy")
+
+
+# --- the receiver -------------------------------------------------------------------------------
+
+
+class Receiver:
+    """C-STORE and C-ECHO handlers bound to the spool, the ledger and the completeness timers."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        ledger: Ledger,
+        *,
+        unit_of: Callable[[str, str], tuple[str, str]],
+        on_recorded: Callable[[RecordOutcome], None],
+        min_free_disk_mb: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.spool = spool
+        self.ledger = ledger
+        self.unit_of = unit_of
+        self.on_recorded = on_recorded
+        self.min_free_disk_mb = min_free_disk_mb
+        self.metrics = metrics or Metrics()
+        self._space_checked = 0.0
+        self._space_ok = True
+        self._assoc_counts: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    # events
+    def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        return [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_CONN_OPEN, self.handle_conn_open),
+            (evt.EVT_ESTABLISHED, self.handle_established),
+            (evt.EVT_REJECTED, self.handle_rejected),
+            (evt.EVT_RELEASED, self.handle_ended),
+            (evt.EVT_ABORTED, self.handle_ended),
+        ]
+
+    def handle_echo(self, event: Any) -> int:
+        return STATUS_SUCCESS
+
+    def handle_conn_open(self, event: Any) -> None:
+        _tune_socket(event.assoc)
+
+    def handle_established(self, event: Any) -> None:
+        with self._lock:
+            self._assoc_counts[id(event.assoc)] = [0, 0, 0]
+        self.metrics.inc("associations_accepted_total")
+
+    def handle_rejected(self, event: Any) -> None:
+        self.metrics.inc("associations_rejected_total")
+        rq = event.assoc.requestor
+        AUDIT.warning("association rejected: calling AE %r called AE %r from %s:%s",
+                      rq.ae_title, event.assoc.acceptor.ae_title, rq.address, rq.port)
+
+    def handle_ended(self, event: Any) -> None:
+        with self._lock:
+            stored, dup, failed = self._assoc_counts.pop(id(event.assoc), [0, 0, 0])
+        outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        rq = event.assoc.requestor
+        AUDIT.info("association %s: calling AE %r from %s:%s, %d stored, %d duplicate, %d failed",
+                   outcome, rq.ae_title, rq.address, rq.port, stored, dup, failed)
+
+    def _count(self, event: Any, index: int) -> None:
+        with self._lock:
+            c = self._assoc_counts.get(id(event.assoc))
+            if c is not None:
+                c[index] += 1
+
+    def _disk_ok(self) -> bool:
+        now = time.monotonic()
+        if now - self._space_checked > 0.5:
+            self._space_ok = self.spool.free_mb() >= self.min_free_disk_mb
+            self._space_checked = now
+        return self._space_ok
+
+    def handle_store(self, event: Any) -> int:
+        """The hard boundary: every outcome is a status, never an exception."""
+        t0 = time.perf_counter()
+        try:
+            status = self._store(event)
+        except ReceiveError as exc:
+            LOG.warning("C-STORE from %r refused: %s", event.assoc.requestor.ae_title, exc)
+            status = STATUS_CANNOT_UNDERSTAND
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                LOG.error("C-STORE: out of disk space writing to %s: %s", self.spool.root, exc)
+                self._space_checked = 0.0
+                status = STATUS_OUT_OF_RESOURCES
+            else:
+                LOG.exception("C-STORE: I/O failure")
+                status = STATUS_PROCESSING_FAILURE
+        except Exception:
+            LOG.exception("C-STORE: unexpected failure")
+            status = STATUS_PROCESSING_FAILURE
+        if status != STATUS_SUCCESS:
+            self.metrics.inc("instances_failed_total")
+            self._count(event, 2)
+        self.metrics.observe("receive", time.perf_counter() - t0)
+        return status
+
+    def _store(self, event: Any) -> int:
+        if not self._disk_ok():
+            LOG.error("C-STORE answered Out of Resources: free space in %s is below "
+                      "node.min_free_disk_mb = %g MiB", self.spool.root, self.min_free_disk_mb)
+            return STATUS_OUT_OF_RESOURCES
+        request = event.request
+        ts = str(event.context.transfer_syntax[0])
+        data = request.DataSet.getvalue()
+        try:
+            header = read_header(data, ts)
+        except ReceiveError as exc:
+            uid = request.AffectedSOPInstanceUID
+            LOG.warning("C-STORE of %s refused: %s", uid, exc)
+            return STATUS_MISSING_UID if "must carry" in str(exc) else STATUS_CANNOT_UNDERSTAND
+        if str(request.AffectedSOPInstanceUID).strip() != header.sop_instance_uid:
+            LOG.warning("C-STORE refused: data set SOP Instance UID %s differs from the request's %s",
+                        header.sop_instance_uid, request.AffectedSOPInstanceUID)
+            return STATUS_UID_MISMATCH
+        unit_uid, unit_kind = self.unit_of(header.study_uid, header.series_uid)
+        path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
+        size = 0
+        if self.ledger.instance_path(header.sop_instance_uid) is None:
+            meta = encode_file_meta(header.sop_class_uid, header.sop_instance_uid, ts,
+                                    str(event.assoc.requestor.ae_title).strip())
+            size = self.spool.write(path, (meta, data))
+        rec = InstanceRecord(
+            sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
+            series_uid=header.series_uid, study_uid=header.study_uid, path=path, size=size,
+            transfer_syntax=ts,
+        )
+        outcome = self.ledger.record_instance(rec, header.attributes, unit_uid=unit_uid, unit_kind=unit_kind)
+        if outcome.stored:
+            self.metrics.inc("instances_received_total")
+            self.metrics.inc("bytes_received_total", size)
+            self._count(event, 0)
+        else:
+            self.metrics.inc("instances_duplicate_total")
+            self._count(event, 1)
+        self.on_recorded(outcome)
+        return STATUS_SUCCESS
+
+
+def _fast_recv(self: Any, nr_bytes: int) -> bytearray:
+    """AssociationSocket.recv reading straight into one buffer (pynetdicom reads 4 KiB at a
+    time into a growing bytearray, which dominates the receive cost of large instances)."""
+    buf = bytearray(nr_bytes)
+    view = memoryview(buf)
+    got = 0
+    sock = self.socket
+    while got < nr_bytes:
+        n = sock.recv_into(view[got:], nr_bytes - got)
+        if n == 0:
+            view.release()
+            del buf[got:]
+            return buf
+        got += n
+    view.release()
+    return buf
+
+
+def _tune_socket(assoc: Any) -> None:
+    """TCP_NODELAY on the accepted connection and the single-buffer receive path."""
+    wrapper = getattr(getattr(assoc, "dul", None), "socket", None)
+    sock = getattr(wrapper, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    wrapper.recv = _fast_recv.__get__(wrapper)
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class StorageSCP:
+    """The listening AE. ``start()`` returns at once; ``stop(grace)`` stops accepting, lets the
+    associations in flight finish for up to ``grace`` seconds, then aborts the rest."""
+
+    def __init__(self, settings: Settings, receiver: Receiver) -> None:
+        node = settings.node
+        self.settings = settings
+        self.receiver = receiver
+        self.ae = _PolicyAE(ae_title=node.ae_title)
+        self.ae.policy = CallerPolicy(settings.security)
+        self.ae.require_called_aet = settings.security.require_called_ae
+        self.ae.maximum_associations = node.max_associations
+        self.ae.maximum_pdu_size = node.max_pdu
+        self.ae.acse_timeout = node.acse_timeout
+        self.ae.dimse_timeout = node.dimse_timeout
+        self.ae.network_timeout = node.network_timeout
+        self.ae.supported_contexts = storage_contexts()
+        self.ssl_context = (
+            make_server_ssl_context(settings.security.tls) if settings.security.tls.enabled else None
+        )
+        self.server: Any = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1]) if self.server is not None else self.settings.node.port
+
+    def start(self) -> None:
+        node = self.settings.node
+        self.server = self.ae.start_server(
+            (node.bind_address, node.port),
+            block=False,
+            evt_handlers=self.receiver.handlers(),
+            ssl_context=self.ssl_context,
+        )
+        LOG.info("listening as %s on %s:%d%s", node.ae_title, node.bind_address, self.port,
+                 " (TLS)" if self.ssl_context else "")
+
+    def active(self) -> Sequence[Any]:
+        return [a for a in self.ae.active_associations if a.is_acceptor]
+
+    def stop(self, grace: float = 30.0) -> None:
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        # Stop the accept loop and close the listening socket: new peers are refused.
+        _stop_accepting(server)
+        deadline = time.monotonic() + grace
+        while self.active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.active()
+        for assoc in left:
+            LOG.warning("aborting association from %r still open after %.0f s", assoc.requestor.ae_title, grace)
+            assoc.abort()
+        try:
+            self.ae._servers.remove(server)
+        except ValueError:
+            pass
+
+
+def _stop_accepting(server: Any) -> None:
+    socketserver.BaseServer.shutdown(server)
+    # AssociationServer.server_close closes the socket without ThreadingMixIn's join.
+    AssociationServer.server_close(server)
