@@ -287,3 +287,33 @@ def test_public_surface_is_deliberate() -> None:
         "CardLabel", "CodeValue", "ResultCard", "SegType", "result_card", "seg_series_description",
         "segment_numbers", "segment_volumes_ml", "voxel_volume_ml", "write_seg", "write_sr",
     ]
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_seg_from_a_volume_read_by_pacsnode_volume(tmp_path: Path, study: StudyInfo, enhanced: bool) -> None:
+    """The hand-off the node makes: read_series → Volume.datasets (+ frames) → write_seg."""
+    from pacsnode.volume import read_series
+
+    k = np.arange(SHAPE[0])[:, None, None]
+    image = (np.indices(SHAPE).sum(0) * 10 + k * 100).astype(np.float32)  # asymmetric along every axis
+    paths = write_series(image, AFFINE, tmp_path / "src", modality="MR", series_description="T1",
+                         study=study, enhanced=enhanced, orientation="sagittal", flip_slices=True)
+    vol = read_series(paths)
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[vol.array > np.percentile(vol.array, 60)] = 1
+    labels[vol.array > np.percentile(vol.array, 90)] = 3
+    frames = [f for _, f in vol.frames] if enhanced else None
+    seg = write_seg(vol.datasets, labels, BRAIN_CARD, model_sha256=SHA, source_frames=frames)
+    path = _save(seg, tmp_path / "seg.dcm")
+    errors, _ = dciodvfy(path)
+    assert errors == [], errors
+    back = hd.seg.segread(path)
+    if enhanced:
+        got = back.get_pixels_by_source_frame(vol.datasets[0].SOPInstanceUID, frames, combine_segments=True)
+    else:
+        got = back.get_pixels_by_source_instance([d.SOPInstanceUID for d in vol.datasets], combine_segments=True)
+    np.testing.assert_array_equal(got, labels)
+    aligned = back.get_volume(combine_segments=True).match_geometry(
+        hd.Volume(array=labels, affine=vol.affine, coordinate_system="PATIENT")
+    )
+    np.testing.assert_array_equal(aligned.array, labels)

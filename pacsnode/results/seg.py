@@ -90,10 +90,16 @@ def _description(
     )
 
 
+def _n_frames(sources: Sequence[Dataset]) -> int:
+    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
+        return int(sources[0].NumberOfFrames)
+    return len(sources)
+
+
 def _check_labels(labels: np.ndarray, sources: Sequence[Dataset], card: ResultCard) -> None:
     if labels.ndim != 3:
         raise ResultsError(f"labels must be a 3-D array [k, i, j], got shape {labels.shape}")
-    expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    expected = (_n_frames(sources), int(sources[0].Rows), int(sources[0].Columns))
     if labels.shape != expected:
         raise ResultsError(
             f"labels must match the source series (slices, rows, columns) = {expected}, got {labels.shape}"
@@ -152,6 +158,7 @@ def write_seg(
     seg_type: str | SegType = SegType.BINARY,
     probabilities: np.ndarray | None = None,
     further_source_datasets: Sequence[Dataset] = (),
+    source_frames: Sequence[int] | None = None,
     series_number: int = 900,
     instance_number: int = 1,
     series_instance_uid: str | None = None,
@@ -166,7 +173,9 @@ def write_seg(
     ``labels[k]`` (uint8 [k, i, j]) segments ``source_datasets[k]``. ``card`` is a model card
     (C's ModelCard, its JSON mapping or a :class:`ResultCard`). ``further_source_datasets``
     are the instances of the model's other input series (same study and frame of reference),
-    referenced but not used for geometry. For FRACTIONAL, ``probabilities`` is float32
+    referenced but not used for geometry. For one Enhanced (multi-frame) source, pass
+    ``source_frames`` (Volume.frames' frame numbers, slice k → frame) unless slice k is frame
+    k + 1. For FRACTIONAL, ``probabilities`` is float32
     [K, k, i, j] (see :func:`_fractional`). Returns a highdicom Segmentation (a pydicom
     Dataset) with a new Series Instance UID unless one is given.
     """
@@ -179,6 +188,18 @@ def write_seg(
         raise ResultsError(f"model_sha256 must be 64 hex digits, got {model_sha256!r}")
     labels = np.asarray(labels)
     _check_labels(labels, sources, rc)
+    if source_frames is not None:
+        # one multi-frame source: slice k is frame source_frames[k]; highdicom wants frame order
+        order = [int(f) - 1 for f in source_frames]
+        if len(sources) != 1 or sorted(order) != list(range(labels.shape[0])):
+            raise ResultsError(
+                "source_frames must give each slice's 1-based frame number of the one multi-frame "
+                f"source, a permutation of 1..{labels.shape[0]}, got {list(source_frames)[:8]}"
+            )
+        inverse = np.argsort(order)  # frame f holds slice inverse[f]
+        labels = labels[inverse]
+        if probabilities is not None:
+            probabilities = np.asarray(probabilities)[:, inverse]
 
     if kind is SegType.FRACTIONAL:
         if probabilities is None:
