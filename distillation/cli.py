@@ -13,7 +13,9 @@ from pacsnode.errors import PacsnodeError
 __all__ = ["main"]
 
 # Sub-command modules, in the order `distill --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "distillation.cli_train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,8 @@ resolution first (what ``net.forward_with_features`` returns); labels (B, *spati
 * :func:`logit_kd_loss`: ``T² · mean_voxels KL(softmax(t/T) || softmax(s/T))`` (sum over classes,
   mean over batch and voxels, never over classes).
 * :func:`sard_loss` (multi-scale, size-normalized, region-aware feature distillation): per stage,
-  the adapter-projected student features against the teacher's, squared error weighted by
+  the adapter-projected student features against the teacher's, squared error (relative to the
+  teacher's mean square at that stage, so stages of any scale compare) weighted by
   :func:`class_balanced_masks` (each present class sums to 1), the teacher's spatial attention
   (mean |f| over channels, mean 1) and channel attention (softmax of pooled |f|, mean 1), with
   separate foreground and background terms; stages weighted ``stage_decay**s``, normalized.
@@ -179,7 +180,9 @@ def _sard_stage(projected: torch.Tensor, teacher: torch.Tensor, labels: torch.Te
     ch = _channel_attention(t)  # (B, C)
     sp = _spatial_attention(t)  # (B, *s)
     sq = (projected.float() - t) ** 2
+    scale = t.pow(2).flatten(1).mean(1).clamp_min(1e-8)  # relative error: stage scale drops out
     err = (sq * ch.view(*ch.shape, *([1] * (sq.ndim - 2)))).mean(1) * sp  # (B, *s)
+    err = err / scale.view(-1, *([1] * (err.ndim - 1)))
     lab = downsample_labels(labels, teacher.shape[2:])
     masks = class_balanced_masks(lab, num_classes)  # (B, K, *s)
     per_class = (masks * err[:, None]).flatten(2).sum(-1)  # (B, K)

@@ -24,11 +24,12 @@ def _full_res(outputs: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
 class Objective(nn.Module):
     """``seg + Σ weight_i · KD_i``; holds no trainable parameters (the adapters are in KDHeads)."""
 
-    def __init__(self, num_classes: int, kd: KDConfig | None = None, batch_dice: bool = False) -> None:
+    def __init__(self, num_classes: int, kd: KDConfig | None = None, batch_dice: bool = False,
+                 ddp: bool = False) -> None:
         super().__init__()
         self.kd = kd or KDConfig()
         self.num_classes = num_classes
-        self.seg = DeepSupervisionLoss(DiceCELoss(batch_dice=batch_dice))
+        self.seg = DeepSupervisionLoss(DiceCELoss(batch_dice=batch_dice), ddp=ddp)
         self.logit = LogitKDLoss(self.kd.temperature)
         self.sard = SARDLoss(num_classes, self.kd.sard_fg_weight, self.kd.sard_bg_weight,
                              self.kd.stage_decay, self.kd.stages)

@@ -106,14 +106,18 @@ class DiceCELoss(nn.Module):
                             weight_dice=self.weight_dice, weight_ce=self.weight_ce)
 
 
-def deep_supervision_weights(n: int) -> list[float]:
-    """nnU-Net's weights for ``n`` outputs (highest resolution first): 1/2^i, last 0, normalized."""
+def deep_supervision_weights(n: int, ddp: bool = False) -> list[float]:
+    """nnU-Net's weights for ``n`` outputs (highest resolution first): 1/2^i, last 0, normalized.
+
+    Under DDP the last weight is 1e-6 instead of 0, as nnU-Net does, so every parameter gets
+    a gradient and DDP needs no ``find_unused_parameters``.
+    """
     if n < 1:
         raise ValueError(f"the number of deep-supervision outputs must be at least 1, got {n}")
     if n == 1:
         return [1.0]
     w = [1.0 / 2**i for i in range(n)]
-    w[-1] = 0.0
+    w[-1] = 1e-6 if ddp else 0.0
     total = sum(w)
     return [x / total for x in w]
 
@@ -135,15 +139,16 @@ class DeepSupervisionLoss(nn.Module):
     """
 
     def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, ddp: bool = False) -> None:
         super().__init__()
         self.loss = loss if loss is not None else DiceCELoss()
         self.weights = None if weights is None else [float(w) for w in weights]
+        self.ddp = ddp
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, _as_index(target))
-        weights = self.weights or deep_supervision_weights(len(outputs))
+        weights = self.weights or deep_supervision_weights(len(outputs), self.ddp)
         if len(weights) != len(outputs):
             raise ValueError(
                 f"deep supervision needs one weight per output, got {len(weights)} weights "
