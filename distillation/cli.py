@@ -15,6 +15,8 @@ __all__ = ["main"]
 # Sub-command modules, in the order `distill --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "distillation.cli_train",
+    "distillation.cli_import_nnunet",
+    "distillation.cli_export",
 )
 
 

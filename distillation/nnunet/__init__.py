@@ -1,0 +1,21 @@
+"""Import nnU-Net v2 trained model folders as teachers and deployable ONNX models."""
+
+from distillation.nnunet.importer import ImportedModel, TransposedNetwork, import_nnunet
+from distillation.nnunet.plans import (
+    NnunetConfiguration,
+    card_labels,
+    card_normalization,
+    read_configuration,
+    resolve_configuration,
+)
+
+__all__ = [
+    "ImportedModel",
+    "NnunetConfiguration",
+    "TransposedNetwork",
+    "card_labels",
+    "card_normalization",
+    "import_nnunet",
+    "read_configuration",
+    "resolve_configuration",
+]

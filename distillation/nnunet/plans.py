@@ -1,0 +1,210 @@
+"""Typed reading of an nnU-Net v2 trained-model folder's plans.json and dataset.json.
+
+Only what deployment needs is read: the configuration's architecture (current
+``architecture`` form and the pre-2.4 ``UNet_class_name`` form), spacing, patch size, axis
+transposition, normalization schemes with the CT intensity properties, labels and regions.
+Errors name the file and key, the value received and what is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pacsnode.errors import ModelError
+
+__all__ = ["NnunetConfiguration", "read_json", "resolve_configuration", "card_normalization",
+           "card_labels", "read_configuration"]
+
+_NORMALIZATION = {
+    "ZScoreNormalization": "zscore",
+    "CTNormalization": "ct",
+    "NoNormalization": "none",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"an nnU-Net model folder must contain {path.name}, got none at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path} must be valid JSON, got a parse error: {exc}") from None
+
+
+def resolve_configuration(plans: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``plans["configurations"][name]`` with ``inherits_from`` chains merged (parent first)."""
+    configs = plans.get("configurations") or {}
+    if name not in configs:
+        raise ModelError(f"plans.json configuration must be one of {sorted(configs)}, got {name!r}")
+    chain, seen = [], set()
+    current: str | None = name
+    while current is not None:
+        if current in seen or current not in configs:
+            raise ModelError(f"plans.json configuration {name!r} inherits from a missing or cyclic "
+                             f"configuration {current!r}; valid: {sorted(configs)}")
+        seen.add(current)
+        chain.append(configs[current])
+        current = configs[current].get("inherits_from")
+    merged: dict[str, Any] = {}
+    for cfg in reversed(chain):
+        merged.update(copy.deepcopy(cfg))
+    merged.pop("inherits_from", None)
+    return merged
+
+
+def _architecture(cfg: Mapping[str, Any], dim: int) -> tuple[str, dict[str, Any]]:
+    arch = cfg.get("architecture")
+    if arch is not None:
+        kwargs = dict(arch["arch_kwargs"])
+        kwargs["_kw_requires_import"] = list(arch.get("_kw_requires_import", ()))
+        return str(arch["network_class_name"]), kwargs
+    # nnU-Net < 2.4 plans: the topology lives at the configuration level.
+    if "UNet_class_name" not in cfg:
+        raise ModelError("plans.json configuration must have an 'architecture' entry (or the older "
+                         f"'UNet_class_name' fields), got keys {sorted(cfg)}")
+    conv_kernels = cfg["conv_kernel_sizes"]
+    n = len(conv_kernels)
+    base, cap = int(cfg["UNet_base_num_features"]), int(cfg["unet_max_num_features"])
+    suffix = f"{dim}d"
+    kwargs = {
+        "n_stages": n,
+        "features_per_stage": [min(base * 2 ** i, cap) for i in range(n)],
+        "conv_op": f"torch.nn.modules.conv.Conv{suffix}",
+        "kernel_sizes": conv_kernels,
+        "strides": cfg["pool_op_kernel_sizes"],
+        "n_conv_per_stage_decoder": cfg["n_conv_per_stage_decoder"],
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{suffix}",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    cls = str(cfg["UNet_class_name"])
+    key = "n_blocks_per_stage" if cls.endswith("ResidualEncoderUNet") else "n_conv_per_stage"
+    kwargs[key] = cfg["n_conv_per_stage_encoder"]
+    return cls, kwargs
+
+
+def card_normalization(cfg: Mapping[str, Any], plans: Mapping[str, Any], n_channels: int) -> list[dict[str, Any]]:
+    """Card normalization entries from ``normalization_schemes`` / ``use_mask_for_norm`` and, for CT,
+    ``foreground_intensity_properties_per_channel`` (clip to percentile_00_5..percentile_99_5, mean, std)."""
+    schemes = cfg.get("normalization_schemes")
+    if not isinstance(schemes, list) or len(schemes) != n_channels:
+        raise ModelError(f"plans.json normalization_schemes must list one scheme per channel ({n_channels}), "
+                         f"got {schemes!r}")
+    masks = cfg.get("use_mask_for_norm") or [False] * n_channels
+    props = plans.get("foreground_intensity_properties_per_channel") or {}
+    out = []
+    for c, scheme in enumerate(schemes):
+        kind = _NORMALIZATION.get(str(scheme))
+        if kind is None:
+            raise ModelError(f"plans.json normalization_schemes[{c}] must be one the node implements "
+                             f"({', '.join(_NORMALIZATION)}), got {scheme!r}")
+        if kind == "zscore":
+            out.append({"scheme": "zscore", "use_nonzero_mask": bool(masks[c])})
+        elif kind == "ct":
+            p = props.get(str(c)) or props.get(c)
+            if not p:
+                raise ModelError(f"plans.json foreground_intensity_properties_per_channel must have channel "
+                                 f"'{c}' for CTNormalization, got keys {sorted(props)}")
+            out.append({"scheme": "ct", "clip": [float(p["percentile_00_5"]), float(p["percentile_99_5"])],
+                        "mean": float(p["mean"]), "std": max(float(p["std"]), 1e-8)})
+        else:
+            out.append({"scheme": "none"})
+    return out
+
+
+def card_labels(dataset: Mapping[str, Any]) -> tuple[str, dict[str, int], int]:
+    """(activation, label name → value for the card, network output channels).
+
+    Softmax: every non-background label. Region-based (labels with lists, ``regions_class_order``):
+    sigmoid outputs in dataset.json order, painted as ``regions_class_order`` values.
+    """
+    labels = dataset.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        raise ModelError(f"dataset.json labels must be a non-empty table, got {labels!r}")
+    region_based = any(isinstance(v, (list, tuple)) for v in labels.values())
+    if not region_based:
+        named = {str(k): int(v) for k, v in labels.items()}
+        return "softmax", {k: v for k, v in named.items() if v != 0}, max(named.values()) + 1
+    order = dataset.get("regions_class_order")
+    regions = [k for k, v in labels.items() if not (not isinstance(v, (list, tuple)) and int(v) == 0)]
+    if not isinstance(order, list) or len(order) != len(regions):
+        raise ModelError("dataset.json regions_class_order must give one value per region "
+                         f"({len(regions)}: {regions}), got {order!r}")
+    return "sigmoid", {name: int(v) for name, v in zip(regions, order, strict=True)}, len(regions)
+
+
+@dataclass(frozen=True)
+class NnunetConfiguration:
+    """What the node needs from plans.json + dataset.json for one configuration."""
+
+    dataset_name: str
+    plans_name: str
+    configuration: str
+    network_class_name: str
+    arch_kwargs: dict[str, Any]
+    input_channels: int
+    num_classes: int
+    channel_names: tuple[str, ...]
+    activation: str
+    labels: dict[str, int]
+    spacing: tuple[float, ...]          # untransposed (z, y, x)
+    patch_size: tuple[int, ...]         # untransposed (z, y, x)
+    transpose_forward: tuple[int, ...]
+    normalization: tuple[dict[str, Any], ...]
+
+    @property
+    def transposed(self) -> bool:
+        return list(self.transpose_forward) != sorted(self.transpose_forward)
+
+
+def _untranspose(values: Sequence[Any], transpose_forward: Sequence[int]) -> list[Any]:
+    # transposed[i] = original[transpose_forward[i]]  ⇒  original[transpose_forward[i]] = transposed[i]
+    out: list[Any] = [None] * len(values)
+    for i, axis in enumerate(transpose_forward):
+        out[axis] = values[i]
+    return out
+
+
+def read_configuration(plans: Mapping[str, Any], dataset: Mapping[str, Any], configuration: str
+                       ) -> NnunetConfiguration:
+    cfg = resolve_configuration(plans, configuration)
+    patch = list(cfg.get("patch_size") or [])
+    spacing = list(cfg.get("spacing") or [])
+    if len(patch) != 3 or len(spacing) != 3:
+        raise ModelError(f"configuration {configuration!r} must be 3-D (patch_size and spacing with three "
+                         f"entries) for the node, got patch_size {patch} and spacing {spacing}")
+    transpose = list(plans.get("transpose_forward", [0, 1, 2]))
+    if sorted(transpose) != [0, 1, 2]:
+        raise ModelError(f"plans.json transpose_forward must be a permutation of [0, 1, 2], got {transpose}")
+    channels = dataset.get("channel_names") or dataset.get("modality")
+    if not isinstance(channels, Mapping) or not channels:
+        raise ModelError(f"dataset.json channel_names must be a non-empty table, got {channels!r}")
+    channel_names = tuple(str(channels[k]) for k in sorted(channels, key=lambda k: int(k)))
+    activation, labels, num_classes = card_labels(dataset)
+    class_name, arch_kwargs = _architecture(cfg, 3)
+    return NnunetConfiguration(
+        dataset_name=str(plans.get("dataset_name", dataset.get("name", "nnunet"))),
+        plans_name=str(plans.get("plans_name", "nnUNetPlans")),
+        configuration=configuration,
+        network_class_name=class_name,
+        arch_kwargs=arch_kwargs,
+        input_channels=len(channel_names),
+        num_classes=num_classes,
+        channel_names=channel_names,
+        activation=activation,
+        labels=labels,
+        spacing=tuple(float(s) for s in _untranspose(spacing, transpose)),
+        patch_size=tuple(int(p) for p in _untranspose(patch, transpose)),
+        transpose_forward=tuple(int(t) for t in transpose),
+        normalization=tuple(card_normalization(cfg, plans, len(channel_names))),
+    )
