@@ -24,8 +24,12 @@ def rotation(ax: float, az: float) -> np.ndarray:
     return rz @ rx
 
 
-def affine_for(orientation: str, spacing=(2.0, 1.0, 1.0), flip: bool = False, origin=(-7.0, -8.0, -9.0)):
-    """Columns: k direction, i (column cosine), j (row cosine); k along +-normal."""
+def affine_for(orientation: str, spacing=(2.0, 1.0, 1.0), flip: bool = False, origin=None, shape=SHAPE,
+               center=(-1.0, -1.5, 0.5)):
+    """Columns: k direction, i (column cosine), j (row cosine); k along +-normal.
+
+    Without ``origin`` the grid of ``shape`` is centred on ``center`` (LPS mm).
+    """
     row, col = {
         "axial": ((1, 0, 0), (0, 1, 0)),
         "sagittal": ((0, 1, 0), (0, 0, -1)),
@@ -38,6 +42,8 @@ def affine_for(orientation: str, spacing=(2.0, 1.0, 1.0), flip: bool = False, or
     a[:3, 0] = normal * spacing[0]
     a[:3, 1] = col * spacing[1]
     a[:3, 2] = row * spacing[2]
+    if origin is None:
+        origin = np.asarray(center) - a[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     a[:3, 3] = origin
     return a
 
@@ -63,7 +69,7 @@ def edit(path: Path, **attrs) -> None:
 
 
 def _flat_case(tmp: Path, n: int = 8, name: str = "S") -> tuple[list[Path], np.ndarray]:
-    aff = affine_for("axial", spacing=(2.0, 1.0, 1.0))
+    aff = affine_for("axial", spacing=(2.0, 1.0, 1.0), origin=(-7.0, -8.0, -9.0))
     arr = np.arange(n * 6 * 5, dtype=np.float32).reshape(n, 6, 5) % 97
     return write(tmp, name, arr, aff), aff
 
@@ -85,6 +91,7 @@ def test_any_orientation_reads_the_same_patient_voxels(tmp_path, orientation, fl
     expected = arr[::-1] if flip else arr
     np.testing.assert_array_equal(vol.array, expected)
     np.testing.assert_allclose(vol.array, sphere_array(vol.affine), atol=0)
+    assert 100 < (arr > 0).sum() < arr.size / 2
     written_affine = aff.copy()
     if flip:
         written_affine[:3, 3] = aff[:3, :3] @ [SHAPE[0] - 1, 0, 0] + aff[:3, 3]
@@ -193,7 +200,7 @@ def test_mixed_orientations(tmp_path):
 
 
 def test_mixed_matrix_sizes(tmp_path):
-    a = write(tmp_path, "A", np.ones((5, 6, 6), np.float32), affine_for("axial"))
+    a = write(tmp_path, "A", np.ones((5, 6, 6), np.float32), affine_for("axial", origin=(-7, -8, -9)))
     b = write(tmp_path, "B", np.ones((1, 8, 6), np.float32), affine_for("axial", origin=(-7, -8, 1)))
     ds = pydicom.dcmread(a[0])
     edit(b[0], SeriesInstanceUID=ds.SeriesInstanceUID, FrameOfReferenceUID=ds.FrameOfReferenceUID)
@@ -274,7 +281,7 @@ def test_select_series_from_series_dirs(tmp_path):
 
 
 def test_resample_to_reference_in_patient_coordinates(tmp_path):
-    ref_aff = affine_for("axial", spacing=(1.0, 1.0, 1.0))
+    ref_aff = affine_for("axial", spacing=(1.0, 1.0, 1.0), origin=(-7.0, -8.0, -6.0))
     mov_aff = affine_for("sagittal", spacing=(1.0, 1.0, 1.0), origin=(8.0, -9.0, 7.0))
     ref = read_series(write(tmp_path, "R", sphere_array(ref_aff, shape=(12, 12, 12), radius=4.5), ref_aff,
                             study=StudyInfo.synthetic(3, "brain")))

@@ -164,16 +164,24 @@ def determine_separate_z(current_spacing: Sequence[float], new_spacing: Sequence
     return axis[0] if len(axis) == 1 else None
 
 
+_NPAD = 12  # as scipy.ndimage.zoom pads before the spline prefilter in mode "nearest"
+
+
 def _zoom(img: np.ndarray, shape: Sequence[int], order: int, out: np.ndarray) -> None:
-    """skimage ``resize(mode='edge', anti_aliasing=False, clip=True)`` in float32."""
+    """skimage ``resize(mode='edge', anti_aliasing=False, clip=True)``, i.e. ``ndimage.zoom(grid_mode=True,
+    mode='nearest')`` plus clipping, computed in float32 (scipy prefilters in float64)."""
     if tuple(img.shape) == tuple(shape):
         out[...] = img
         return
-    zoom = [n / o for n, o in zip(shape, img.shape, strict=True)]
+    scale = np.array([o / n for n, o in zip(shape, img.shape, strict=True)], dtype=np.float64)
+    offset = 0.5 * scale - 0.5
     src = img
     if order > 1:
-        src = ndimage.spline_filter(img, order=order, output=np.float32, mode="nearest")
-    ndimage.zoom(src, zoom, output=out, order=order, mode="nearest", grid_mode=True, prefilter=False)
+        src = np.pad(np.asarray(img, dtype=np.float32), _NPAD, mode="edge")
+        ndimage.spline_filter(src, order=order, output=src, mode="nearest")
+        offset = offset + _NPAD
+    ndimage.affine_transform(src, scale, offset=offset, output_shape=tuple(shape), output=out, order=order,
+                             mode="nearest", prefilter=False)
     if order > 1:  # skimage clips to the input range
         np.clip(out, img.min(), img.max(), out=out)
 

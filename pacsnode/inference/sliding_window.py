@@ -108,7 +108,7 @@ def predict_sliding_window(
         for axes in flips:
             spatial = tuple(a + 2 for a in axes)
             flipped = np.ascontiguousarray(np.flip(window, spatial))
-            pred += np.flip(_predict(predictor, flipped, num_classes, patch), spatial)
+            pred += np.flip(_predict(predictor, flipped, num_classes, patch), tuple(a + 1 for a in axes))
         if flips:
             pred /= np.float32(len(flips) + 1)
         pred *= gaussian

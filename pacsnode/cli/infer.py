@@ -1,0 +1,89 @@
+"""`pacsnode infer SERIES_DIR... --model FILE --out DIR`: segment series, write a NIfTI label map."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from pacsnode.inference import Model, run
+from pacsnode.volume import Volume, read_series, select_series
+
+__all__ = ["register", "affine_lps_to_ras_nifti", "write_nifti"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="run a model on series directories (or a study directory) and write "
+                                     "the label map as NIfTI")
+    p.add_argument("series", nargs="+", metavar="SERIES_DIR",
+                   help="series directories, or one study directory; each card input is found by its selector")
+    p.add_argument("--model", required=True, help="model .onnx file or builtin:NAME")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_infer)
+
+
+def affine_lps_to_ras_nifti(affine_lps: np.ndarray) -> np.ndarray:
+    """The NIfTI affine of array.transpose(2, 1, 0) (TEAM.md): diag(-1,-1,1,1) @ A_lps @ P."""
+    perm = np.zeros((4, 4))
+    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1  # (j, i, k) -> (k, i, j)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps @ perm
+
+
+def write_nifti(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
+    """Write a [k, i, j] (or [C, k, i, j]) array as NIfTI in the team's convention."""
+    data = array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(3, 2, 1, 0)
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine_lps_to_ras_nifti(affine_lps))
+    img.header.set_xyzt_units("mm")
+    if array.dtype == np.uint8:
+        img.header.set_intent("label")
+    nib.save(img, str(path))
+    return path
+
+
+def _infer(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model = Model.load(args.model, threads=args.threads)
+    t_load = time.perf_counter() - t0
+    card = model.card
+    t0 = time.perf_counter()
+    chosen = select_series(args.series, card.inputs)
+    volumes: list[Volume] = [read_series(chosen[ch.name].files) for ch in card.inputs]
+    t_read = time.perf_counter() - t0
+    bar = None if args.no_progress else tqdm(total=0, unit="window", desc=f"{card.name}", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        pred = run(model, volumes, return_probabilities=args.probabilities, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{card.name}_{volumes[0].series_instance_uid}")
+    path = write_nifti(pred.labels, pred.affine, args.out / f"{stem}_labels.nii.gz")
+    if pred.probabilities is not None:
+        write_nifti(pred.probabilities, pred.affine, args.out / f"{stem}_probabilities.nii.gz")
+    t_write = time.perf_counter() - t0
+    timings = {"load model": t_load, "read": t_read, **pred.timings, "write": t_write}
+    total = sum(timings.values())
+    print(f"wrote {path}")
+    print(f"  series   {', '.join(f'{ch.name}={v.series_instance_uid}' for ch, v in zip(card.inputs, volumes, strict=True))}")
+    print(f"  grid     {' × '.join(str(s) for s in pred.labels.shape)} at "
+          f"{' × '.join(f'{s:g}' for s in volumes[0].spacing)} mm, {pred.windows} window(s)")
+    counts = np.bincount(pred.labels.ravel(), minlength=256)
+    for lab in card.labels:
+        print(f"  label {lab.value:>3} {lab.name:<18} {int(counts[lab.value]):>10} voxels")
+    print("  timings  " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()) + f", total {total:.2f} s")
+    return 0

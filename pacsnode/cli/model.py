@@ -1,0 +1,68 @@
+"""`pacsnode model info|check FILE`: show or validate a model file and its card."""
+
+from __future__ import annotations
+
+import argparse
+
+from pacsnode.inference.model import Model
+
+__all__ = ["register", "describe"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="show or validate a model file (.onnx with its model card)")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    info = msub.add_parser("info", help="print the model card of FILE in a readable form")
+    info.add_argument("file", help="model .onnx file or builtin:NAME")
+    info.set_defaults(func=_info)
+    check = msub.add_parser("check", help="validate FILE (card, input/output shapes); exit 2 naming the problem")
+    check.add_argument("file", help="model .onnx file or builtin:NAME")
+    check.set_defaults(func=_check)
+
+
+def describe(model: Model) -> str:
+    """The card as readable text."""
+    c = model.card
+    lines = [
+        f"{c.name} {c.version}",
+        f"  file           {model.path} (sha256 {model.sha256})",
+        f"  description    {c.description}" if c.description else None,
+        f"  intended use   {c.intended_use}" if c.intended_use else None,
+        "  inputs",
+        *(f"    {i}. {ch.name:<8} {ch.modality}  series description ~ /{ch.series_description}/  "
+          f"normalization {_norm(n)}" for i, (ch, n) in enumerate(zip(c.inputs, c.normalization, strict=True))),
+        f"  spacing        {' × '.join(f'{s:g}' for s in c.target_spacing)} mm (z, y, x)",
+        f"  patch          {' × '.join(str(p) for p in c.patch_size)} voxels, tile step {c.tile_step:g}, "
+        f"mirroring {list(c.mirror_axes) or 'off'}, crop to nonzero {'on' if c.crop_to_nonzero else 'off'}",
+        f"  output         {c.num_outputs} channels, {c.activation}",
+        "  labels",
+        *(f"    {lab.value:>3} {lab.name:<18} {lab.category.scheme} {lab.category.value} "
+          f"{lab.category.meaning!r} / {lab.type.scheme} {lab.type.value} {lab.type.meaning!r}  "
+          f"rgb{lab.color}" for lab in c.labels),
+        f"  postprocessing largest component of {list(c.postprocessing.largest_component)}"
+        if c.postprocessing.largest_component else "  postprocessing none",
+    ]
+    if c.provenance:
+        lines.append("  provenance")
+        lines += [f"    {k:<14} {v}" for k, v in c.provenance.items()]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _norm(n) -> str:
+    if n.scheme == "zscore":
+        return "z-score" + (" over nonzero mask" if n.use_nonzero_mask else "")
+    if n.scheme == "ct":
+        return f"CT clip [{n.clip[0]:g}, {n.clip[1]:g}], mean {n.mean:g}, std {n.std:g}"
+    return n.scheme
+
+
+def _info(args: argparse.Namespace) -> int:
+    print(describe(Model.load(args.file, threads=1)))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    m = Model.load(args.file, threads=1)
+    print(f"{args.file}: valid model {m.card.name} {m.card.version} "
+          f"({m.card.channels} input(s), {m.card.num_outputs} output channels, sha256 {m.sha256[:12]})")
+    return 0
