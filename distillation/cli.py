@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distillation.cli_train",
     "distillation.cli_import_nnunet",
     "distillation.cli_export",
+    "distillation.cli_evaluate",
 )
 
 

@@ -1,0 +1,124 @@
+"""distillation.evaluate: metrics on known masks, the empty-mask convention, and an end-to-end run of an
+exported model through the node's inference on a tiny nnU-Net dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from distillation.cli import main as distill_main  # noqa: E402
+from distillation.evaluate import (  # noqa: E402
+    aggregate,
+    brats_regions_for,
+    case_metrics,
+    iter_cases,
+    structure_metrics,
+)
+from distillation.export import export_onnx, make_card  # noqa: E402
+from distillation.networks import build_network, default_plans_arch  # noqa: E402
+
+
+def _cube(shape: tuple[int, int, int], lo: tuple[int, int, int], size: int) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = True
+    return m
+
+
+def test_identical_masks() -> None:
+    ref = _cube((24, 24, 24), (6, 6, 6), 10)
+    m = structure_metrics(ref, ref, (1.0, 1.0, 1.0))
+    assert (m.dice, m.hd95, m.nsd) == (1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("spacing", "expected_mm"), [((1.0, 1.0, 1.0), 3.0), ((2.0, 1.0, 0.5), 1.5)])
+def test_shifted_cube_hd95_is_the_shift_in_mm(spacing: tuple[float, float, float], expected_mm: float) -> None:
+    ref = _cube((24, 24, 24), (6, 6, 6), 10)
+    pred = _cube((24, 24, 24), (6, 6, 9), 10)  # 3 voxels along x (j)
+    m = structure_metrics(pred, ref, spacing, nsd_tolerance_mm=0.1)
+    assert m.hd95 == pytest.approx(expected_mm)
+    assert m.dice == pytest.approx(2 * 700 / 2000)
+    assert 0.0 < m.nsd < 1.0
+
+
+def test_empty_mask_convention() -> None:
+    empty = np.zeros((8, 8, 8), dtype=bool)
+    full = _cube((8, 8, 8), (2, 2, 2), 3)
+    both = structure_metrics(empty, empty, (1, 1, 1))
+    assert (both.dice, both.hd95, both.nsd) == (1.0, 0.0, 1.0)
+    one = structure_metrics(full, empty, (1, 1, 1))
+    assert one.dice == 0.0 and math.isinf(one.hd95) and one.nsd == 0.0
+    assert one.to_dict()["hd95"] == "inf"
+    summary = aggregate([{"x": both}, {"x": one}])
+    assert summary["x"]["dice"]["mean"] == 0.5
+    assert summary["x"]["hd95"] == {"mean": 0.0, "median": 0.0, "std": 0.0, "n_inf": 1}
+
+
+def test_brats_regions() -> None:
+    ref = np.zeros((16, 16, 16), dtype=np.uint8)
+    ref[4:12, 4:12, 4:12] = 1
+    ref[6:10, 6:10, 6:10] = 2
+    ref[7:9, 7:9, 7:9] = 3
+    pred = ref.copy()
+    pred[pred == 2] = 1  # core mislabeled as edema
+    card = make_card(name="b", version="1", channel_names=["T1", "T1ce", "T2", "FLAIR"],
+                     labels={"edema": 1, "necrotic core": 2, "enhancing tumor": 3}, target_spacing=(1, 1, 1),
+                     patch_size=(16, 16, 16), normalization=[{"scheme": "zscore"}] * 4)
+    regions = brats_regions_for(card["labels"])
+    assert regions == {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing": (3,)}
+    m = case_metrics(pred, ref, (1, 1, 1), {"Edema": 1, "Necrotic core": 2, "Enhancing tumor": 3}, regions)
+    assert m["whole_tumor"].dice == 1.0 and m["enhancing"].dice == 1.0
+    assert m["Necrotic core"].dice == 0.0 and m["tumor_core"].dice == pytest.approx(2 * 8 / (8 + 64))
+
+
+def _write_nifti(array_kij: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
+    import nibabel as nib
+
+    affine_lps = np.diag([*spacing, 1.0])
+    p = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps @ p
+    nib.save(nib.Nifti1Image(array_kij.transpose(2, 1, 0), affine_ras), str(path))
+
+
+def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset900_Tiny"
+    (root / "imagesTs").mkdir(parents=True)
+    (root / "labelsTs").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "FLAIR"},
+                                                   "labels": {"background": 0, "lesion": 1},
+                                                   "file_ending": ".nii.gz", "numTraining": 0}))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        lab = np.zeros((20, 24, 24), dtype=np.uint8)
+        lab[6:14, 8:16, 8 + i:16 + i] = 1
+        for c in range(2):
+            img = rng.normal(100, 10, lab.shape).astype(np.float32) + 50 * lab
+            _write_nifti(img, (2.0, 1.0, 1.0), root / "imagesTs" / f"case_{i:03d}_{c:04d}.nii.gz")
+        _write_nifti(lab, (2.0, 1.0, 1.0), root / "labelsTs" / f"case_{i:03d}.nii.gz")
+    cases = list(iter_cases(root, "Ts"))
+    assert [c.identifier for c in cases] == ["case_000", "case_001"]
+    assert cases[0].load_volumes()[0].spacing == (2.0, 1.0, 1.0)
+    assert cases[0].load_label().shape == (20, 24, 24)
+
+    arch = default_plans_arch((16, 16, 16), (2.0, 2.0, 2.0), 2, 2)
+    net = build_network(arch["network_class_name"], arch["arch_kwargs"], 2, 2, width_factor=0.125)
+    card = make_card(name="tiny", version="0.0.1", channel_names=["T1", "FLAIR"], labels={"lesion": 1},
+                     target_spacing=(2.0, 2.0, 2.0), patch_size=(16, 16, 16),
+                     normalization=[{"scheme": "zscore", "use_nonzero_mask": False}] * 2)
+    export_onnx(net, card, tmp_path / "tiny.onnx")
+    out = tmp_path / "results.json"
+    rc = distill_main(["evaluate", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--out", str(out),
+                       "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert sorted(res["cases"]) == ["case_000", "case_001"]
+    assert set(res["summary"]) == {"Lesion"}
+    for case in res["cases"].values():
+        assert 0.0 <= case["Lesion"]["dice"] <= 1.0 and case["Lesion"]["reference_voxels"] == 512
+    assert "one empty" in res["settings"]["empty_mask_convention"]
