@@ -1,0 +1,121 @@
+"""distillation.export: torch vs ONNX Runtime round trip, card embedding, KD adapters stripped, int8, and the
+exported student through `distill export`, `pacsnode model check` and `pacsnode infer`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from distillation.checkpoint import save_checkpoint  # noqa: E402
+from distillation.cli import main as distill_main  # noqa: E402
+from distillation.export import export_onnx, make_card, quantize_int8, read_card  # noqa: E402
+from distillation.networks import build_network, default_plans_arch  # noqa: E402
+from pacsnode.errors import ModelError  # noqa: E402
+from pacsnode.inference import Model  # noqa: E402
+
+BRAIN_LABELS = {"background": 0, "edema": 1, "necrotic core": 2, "enhancing tumor": 3}
+CHANNELS = ["T1", "T1ce", "T2", "FLAIR"]
+
+
+def _arch(patch: tuple[int, int, int] = (32, 32, 32)) -> dict:
+    return default_plans_arch(patch, (2.0, 2.0, 2.0), 4, 4)
+
+
+def _card(patch: tuple[int, int, int] = (32, 32, 32)) -> dict:
+    return make_card(name="brain-tumor-student", version="0.1.0", channel_names=CHANNELS, labels=BRAIN_LABELS,
+                     target_spacing=(2.0, 2.0, 2.0), patch_size=patch,
+                     normalization=[{"scheme": "zscore", "use_nonzero_mask": True}] * 4,
+                     provenance={"width_factor": 0.125, "kd_method": "logit"})
+
+
+def _student(width: float = 0.125) -> torch.nn.Module:
+    arch = _arch()
+    torch.manual_seed(0)
+    return build_network(arch["network_class_name"], arch["arch_kwargs"], 4, 4, width_factor=width)
+
+
+class KDPair(torch.nn.Module):
+    """A student with KD adapters attached, as a training wrapper might hold them."""
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.adapters = torch.nn.ModuleList(torch.nn.Conv3d(c, 2 * c, 1) for c in student.features_per_stage)
+
+
+def test_round_trip_card_and_dynamic_axes(tmp_path: Path) -> None:
+    student = _student()
+    report = export_onnx(KDPair(student), _card(), tmp_path / "s.onnx")
+    assert report.max_abs_diff < 1e-3 and report.argmax_agreement >= 0.999
+    assert report.parameters == sum(p.numel() for p in student.parameters())  # adapters stripped
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    card = read_card(tmp_path / "s.onnx")
+    assert card["name"] == "brain-tumor-student" and card["labels"][2]["type"]["value"] == "108369006"
+    x = np.random.default_rng(1).standard_normal((1, 4, 64, 32, 96), dtype=np.float32)  # another shape
+    got = sess.run(["logits"], {"input": x})[0]
+    student.eval()
+    student.decoder.deep_supervision = False
+    with torch.no_grad():
+        ref = student(torch.from_numpy(x)).numpy()
+    assert got.shape == (1, 4, 64, 32, 96)
+    assert float(np.abs(got - ref).max()) < 1e-3
+    assert float((got.argmax(1) == ref.argmax(1)).mean()) > 0.999
+    assert student.decoder.deep_supervision is False  # the caller's network is left as it was (copy exported)
+
+
+def test_card_must_match_network(tmp_path: Path) -> None:
+    bad = _card()
+    bad["labels"] = bad["labels"][:2]
+    with pytest.raises(ModelError, match="card's labels must give the network's 4 output channels"):
+        export_onnx(_student(), bad, tmp_path / "x.onnx")
+    bad = _card()
+    bad["normalization"] = [{"scheme": "zscore"}] * 3
+    with pytest.raises(ModelError, match="normalization must be a list with one entry per input"):
+        export_onnx(_student(), bad, tmp_path / "x.onnx")
+
+
+def test_int8_keeps_card_and_runs(tmp_path: Path) -> None:
+    export_onnx(_student(0.25), _card(), tmp_path / "s.onnx")
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal((4, 32, 32, 32), dtype=np.float32) for _ in range(2)]
+    report = quantize_int8(tmp_path / "s.onnx", tmp_path / "s8.onnx", windows, min_channels=16)
+    assert report.quantized_nodes and report.excluded_nodes
+    model = Model.load(tmp_path / "s8.onnx")
+    assert model.card.provenance["quantization"]["quantized_convs"] == len(report.quantized_nodes)
+    assert model.predict(windows[0][None]).shape == (1, 4, 32, 32, 32)
+    with pytest.raises(ValueError, match="at least one convolution with >= 4096 channels"):
+        quantize_int8(tmp_path / "s.onnx", tmp_path / "s9.onnx", windows, min_channels=4096)
+
+
+def test_distill_export_then_pacsnode_check_and_infer(tmp_path: Path) -> None:
+    from distillation.phantoms import generate_brain_case
+    from distillation.phantoms.dicom import write_study
+    from pacsnode.cli import main as pacsnode_main
+
+    arch = _arch()
+    student = _student()
+    ckpt = save_checkpoint(tmp_path / "student.pt", student, network_class_name=arch["network_class_name"],
+                           arch_kwargs=arch["arch_kwargs"], input_channels=4, num_classes=4, width_factor=0.125,
+                           card=_card(), epoch=1, kd_heads=KDPair(student).adapters)
+    out = tmp_path / "student.onnx"
+    assert distill_main(["export", str(ckpt), "--out", str(out), "--version", "0.2.0"]) == 0
+    card = read_card(out)
+    assert card["version"] == "0.2.0" and card["provenance"]["parameters"] == sum(
+        p.numel() for p in student.parameters())
+    assert pacsnode_main(["model", "check", str(out)]) == 0
+
+    case = generate_brain_case(3, spacing=(4.0, 4.0, 4.0))
+    series = write_study(case, tmp_path / "study")
+    result = tmp_path / "result"
+    rc = pacsnode_main(["infer", "--model", str(out), "--out", str(result), "--no-progress",
+                        *[str(Path(files[0]).parent) for files in series.values()]])
+    assert rc == 0
+    assert any(result.iterdir())
+    assert json.loads(json.dumps(card))["labels"][0]["name"] == "Edema"
