@@ -22,6 +22,7 @@ whose rows a power cut took away.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -298,6 +299,35 @@ def _delivery(row: Any) -> DeliveryRow:
     return DeliveryRow(**m)
 
 
+# The receive path's statements (see Ledger._hot).
+_SQL_FIND = "SELECT path FROM instances WHERE sop_instance_uid = ?"
+_SQL_INSERT_INSTANCE = (
+    "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, unit_uid, "
+    "path, size, transfer_syntax, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (sop_instance_uid) DO NOTHING"
+)
+_SQL_UNIT_STATE = "SELECT state, generation FROM units WHERE uid = ?"
+_SQL_INSERT_UNIT = (
+    "INSERT INTO units (uid, kind, study_uid, state, generation, instance_count, "
+    "first_received_at, last_received_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)"
+)
+_SQL_REOPEN_UNIT = (
+    "UPDATE units SET state = ?, generation = ?, instance_count = instance_count + 1, "
+    "reason = NULL, completed_at = NULL, purged_at = NULL, last_received_at = ?, updated_at = ? "
+    "WHERE uid = ?"
+)
+_SQL_TOUCH_UNIT = (
+    "UPDATE units SET instance_count = instance_count + ?, last_received_at = ?, updated_at = ? "
+    "WHERE uid = ?"
+)
+_SQL_UPSERT_SERIES = (
+    "INSERT INTO series (series_uid, study_uid, unit_uid, modality, series_description, "
+    "body_part, image_type, sop_class_uid, series_number, instance_count, state, generation, "
+    "first_received_at, last_received_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (series_uid) DO UPDATE SET instance_count = instance_count + 1, "
+    "last_received_at = ?, updated_at = ?, reason = NULL, state = ?, generation = ?"
+)
 # Which unit states each unit transition may start from.
 _UNIT_FROM: dict[SeriesState, frozenset[SeriesState]] = {
     SeriesState.COMPLETE: frozenset({SeriesState.RECEIVING}),
@@ -327,10 +357,15 @@ class Ledger:
             connect_args={"check_same_thread": False, "timeout": 30},
         )
         event.listen(self.engine, "connect", _set_pragmas)
-        self._write = threading.Lock()
+        self._write = threading.RLock()
+        self._hot_conn: sqlite3.Connection | None = None
         metadata.create_all(self.engine)
 
     def close(self) -> None:
+        with self._write:
+            if self._hot_conn is not None:
+                self._hot_conn.close()
+                self._hot_conn = None
         self.engine.dispose()
 
     # --- write helper -------------------------------------------------------------------------
@@ -340,13 +375,24 @@ class Ledger:
 
     # --- instances ----------------------------------------------------------------------------
 
+    def _hot(self) -> sqlite3.Connection:
+        """The ingest connection: plain sqlite3 with prepared SQL, used under the writer lock.
+
+        Recording an instance is the one statement group on the receive path; SQLAlchemy's
+        statement building costs more than SQLite itself there (about 5 ms against 0.3 ms per
+        instance on a 2-CPU machine), so it runs as fixed SQL on a dedicated connection.
+        """
+        if self._hot_conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            _set_pragmas(conn, None)
+            self._hot_conn = conn
+        return self._hot_conn
+
     def instance_path(self, sop_instance_uid: str) -> Path | None:
         """The spool path of an instance already recorded, else None."""
-        with self.engine.connect() as c:
-            p = c.execute(
-                select(instances.c.path).where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).scalar_one_or_none()
-        return Path(p) if p is not None else None
+        with self._write:
+            row = self._hot().execute(_SQL_FIND, (sop_instance_uid,)).fetchone()
+        return Path(row[0]) if row is not None else None
 
     def record_instance(
         self,
@@ -359,80 +405,47 @@ class Ledger:
     ) -> RecordOutcome:
         """Record an instance whose file is already durable; create or reopen its unit.
 
-        A SOP Instance UID already present is a duplicate: nothing changes except that the
-        unit's last activity time moves on while it is still receiving.
+        One transaction, committed before it returns. A SOP Instance UID already present is
+        a duplicate: nothing changes except that the unit's last activity time moves on
+        while it is still receiving.
         """
         now = time.time() if now is None else now
-        with self._tx() as c:
-            res = c.execute(
-                sqlite_insert(instances)
-                .values(
-                    sop_instance_uid=rec.sop_instance_uid,
-                    sop_class_uid=rec.sop_class_uid,
-                    series_uid=rec.series_uid,
-                    study_uid=rec.study_uid,
-                    unit_uid=unit_uid,
-                    path=str(rec.path),
-                    size=rec.size,
-                    transfer_syntax=rec.transfer_syntax,
-                    received_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            )
-            stored = res.rowcount == 1
-            u = c.execute(
-                select(units.c.state, units.c.generation).where(units.c.uid == unit_uid)
-            ).first()
-            created = reopened = False
-            if u is None:
-                created = True
-                generation = 1
-                c.execute(
-                    units.insert().values(
-                        uid=unit_uid, kind=unit_kind, study_uid=rec.study_uid,
-                        state=SeriesState.RECEIVING.value, generation=1,
-                        instance_count=1 if stored else 0,
-                        first_received_at=now, last_received_at=now, updated_at=now,
-                    )
-                )
-            else:
-                state, generation = SeriesState(u.state), u.generation
-                values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
-                if stored:
-                    values["instance_count"] = units.c.instance_count + 1
-                    if state is not SeriesState.RECEIVING:
+        receiving = SeriesState.RECEIVING.value
+        with self._write:
+            c = self._hot()
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                cur = c.execute(_SQL_INSERT_INSTANCE, (
+                    rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.study_uid,
+                    unit_uid, str(rec.path), rec.size, rec.transfer_syntax, now))
+                stored = cur.rowcount == 1
+                u = c.execute(_SQL_UNIT_STATE, (unit_uid,)).fetchone()
+                created = reopened = False
+                if u is None:
+                    created = True
+                    generation = 1
+                    c.execute(_SQL_INSERT_UNIT, (unit_uid, unit_kind, rec.study_uid, receiving,
+                                                 1 if stored else 0, now, now, now))
+                else:
+                    state, generation = u
+                    if stored and state != receiving:
                         reopened = True
                         generation += 1
-                        values.update(state=SeriesState.RECEIVING.value, generation=generation,
-                                      reason=None, completed_at=None, purged_at=None)
-                elif state is not SeriesState.RECEIVING:
-                    values = {}
-                if values:
-                    c.execute(update(units).where(units.c.uid == unit_uid).values(**values))
-            if stored:
-                c.execute(
-                    sqlite_insert(series)
-                    .values(
-                        series_uid=rec.series_uid, study_uid=rec.study_uid, unit_uid=unit_uid,
-                        modality=attrs.modality, series_description=attrs.series_description,
-                        body_part=attrs.body_part, image_type="\\".join(attrs.image_type),
-                        sop_class_uid=attrs.sop_class_uid, series_number=attrs.series_number,
-                        instance_count=1, state=SeriesState.RECEIVING.value,
-                        generation=generation, first_received_at=now, last_received_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_update(
-                        index_elements=["series_uid"],
-                        set_={
-                            "instance_count": series.c.instance_count + 1,
-                            "last_received_at": now,
-                            "updated_at": now,
-                            "state": SeriesState.RECEIVING.value,
-                            "generation": generation,
-                            "reason": None,
-                        },
-                    )
-                )
+                        c.execute(_SQL_REOPEN_UNIT, (receiving, generation, now, now, unit_uid))
+                    elif stored:
+                        c.execute(_SQL_TOUCH_UNIT, (1, now, now, unit_uid))
+                    elif state == receiving:
+                        c.execute(_SQL_TOUCH_UNIT, (0, now, now, unit_uid))
+                if stored:
+                    c.execute(_SQL_UPSERT_SERIES, (
+                        rec.series_uid, rec.study_uid, unit_uid, attrs.modality,
+                        attrs.series_description, attrs.body_part, "\\".join(attrs.image_type),
+                        attrs.sop_class_uid, attrs.series_number, receiving, generation, now, now,
+                        now, now, now, receiving, generation))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
         return RecordOutcome(stored, unit_uid, generation, created, reopened)
 
     def instance_paths(self, unit_uid: str) -> list[Path]:

@@ -100,7 +100,7 @@ class Spool:
                         view = view[n:]
                         size += n
                 if self.fsync:
-                    os.fsync(fd)
+                    os.fdatasync(fd)  # data and the size; the rename is made durable below
             finally:
                 os.close(fd)
             os.replace(tmp, path)
