@@ -14,6 +14,7 @@ __all__ = ["main"]
 
 # Sub-command modules, in the order `distill --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "distillation.cli_phantoms",
     "distillation.cli_train",
     "distillation.cli_import_nnunet",
     "distillation.cli_export",
