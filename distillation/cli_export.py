@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from distillation.export import (
         calibration_windows_from_dir,
         export_onnx,
+        int8_report,
         quantize_int8,
         validate_card,
     )
@@ -65,6 +66,6 @@ def _run(args: argparse.Namespace) -> int:
         out8 = Path(args.out).with_name(Path(args.out).stem + ".int8.onnx")
         q = quantize_int8(args.out, out8, windows, min_channels=args.int8_min_channels,
                           nodes_to_exclude=args.int8_exclude)
-        summary["int8"] = q.to_dict()
+        summary["int8"] = {**q.to_dict(), "comparison": int8_report(args.out, out8, windows[:4])}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from distillation.checkpoint import save_checkpoint  # noqa: E402
 from distillation.cli import main as distill_main  # noqa: E402
-from distillation.export import export_onnx, make_card, quantize_int8, read_card  # noqa: E402
+from distillation.export import export_onnx, int8_report, make_card, quantize_int8, read_card  # noqa: E402
 from distillation.networks import build_network, default_plans_arch  # noqa: E402
 from pacsnode.errors import ModelError  # noqa: E402
 from pacsnode.inference import Model  # noqa: E402
@@ -90,6 +90,8 @@ def test_int8_keeps_card_and_runs(tmp_path: Path) -> None:
     model = Model.load(tmp_path / "s8.onnx")
     assert model.card.provenance["quantization"]["quantized_convs"] == len(report.quantized_nodes)
     assert model.predict(windows[0][None]).shape == (1, 4, 32, 32, 32)
+    cmp = int8_report(tmp_path / "s.onnx", tmp_path / "s8.onnx", windows[:1])
+    assert cmp["windows"] == 1 and 0.0 <= cmp["voxel_agreement"] <= 1.0 and cmp["speedup"] > 0
     with pytest.raises(ValueError, match="at least one convolution with >= 4096 channels"):
         quantize_int8(tmp_path / "s.onnx", tmp_path / "s9.onnx", windows, min_channels=4096)
 

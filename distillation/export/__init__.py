@@ -22,6 +22,7 @@ from distillation.export.quantize import (
     QuantizationReport,
     WindowReader,
     calibration_windows_from_dir,
+    int8_report,
     quantize_int8,
     select_nodes,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "channel_entry",
     "compare_onnx_torch",
     "export_onnx",
+    "int8_report",
     "label_entry",
     "make_card",
     "quantize_int8",
