@@ -287,6 +287,10 @@ def _common(ds: Dataset, study: StudyInfo, modality: str, series_description: st
         ds.MRAcquisitionType = "3D"
         ds.ScanOptions = ""
         ds.EchoTrainLength = 1
+        ds.ScanningSequence = "RM"       # research mode, until a protocol in ``extra`` says more
+        ds.SequenceVariant = "NONE"
+        ds.RepetitionTime = None
+        ds.EchoTime = None
     else:
         ds.KVP = 120.0
         ds.ConvolutionKernel = "STANDARD"
@@ -378,7 +382,8 @@ def write_series(array: np.ndarray, affine_lps: np.ndarray, out_dir: str | Path,
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = 1
         for keyword in ("AcquisitionDate", "AcquisitionTime", "ScanOptions", "ImagedNucleus",
-                        "EchoTrainLength", "KVP", "XRayTubeCurrent", "ConvolutionKernel"):
+                        "EchoTrainLength", "KVP", "XRayTubeCurrent", "ConvolutionKernel",
+                        "ScanningSequence", "SequenceVariant", "RepetitionTime", "EchoTime"):
             if keyword in ds:
                 delattr(ds, keyword)
         rest = _enhanced(ds, geo, iop, n, modality, image_type, rescale_used, centers, widths,
