@@ -87,6 +87,22 @@ def load_template() -> tuple[np.ndarray, np.ndarray]:
     return tissue, np.asarray(images["gm"].affine, dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=2)
+def _template_at(factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The template block-averaged by ``factor`` (smaller, cache-friendly for coarse grids)."""
+    tissue, affine = load_template()
+    if factor == 1:
+        return tissue, affine
+    c, x, y, z = tissue.shape
+    x, y, z = x - x % factor, y - y % factor, z - z % factor
+    small = tissue[:, :x, :y, :z].reshape(c, x // factor, factor, y // factor, factor, z // factor, factor)
+    small = np.ascontiguousarray(small.mean(axis=(2, 4, 6)), dtype=np.float32)
+    scaled = affine.copy()
+    scaled[:3, :3] = affine[:3, :3] * factor
+    scaled[:3, 3] = affine[:3, :3] @ np.full(3, (factor - 1) / 2) + affine[:3, 3]
+    return small, scaled
+
+
 def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
     a, b, c = (math.radians(v) for v in rng.uniform(-max_degrees, max_degrees, 3))
     rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
@@ -109,7 +125,7 @@ def _grid(spacing: tuple[float, float, float]) -> tuple[tuple[int, int, int], np
 def _sample_tissue(rng: np.random.Generator, shape: tuple[int, int, int],
                    affine: np.ndarray) -> np.ndarray:
     """Tissue probabilities [3, k, i, j] under a random affine + smooth deformation."""
-    tissue, t_affine = load_template()
+    tissue, t_affine = _template_at(2 if min(np.linalg.norm(affine[:3, :3], axis=0)) >= 1.9 else 1)
     scale = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)
     m = _rotation(rng, 8.0) * scale[None, :]
     shift = rng.uniform(-6.0, 6.0, 3)
@@ -203,7 +219,7 @@ def generate_brain_case(seed: int, spacing: float | str | tuple[float, ...] = (2
     images: dict[str, np.ndarray] = {}
     sigma_noise = rng.uniform(0.01, 0.035)
     for c, name in enumerate(CHANNELS):
-        img = np.tensordot(intensity[c, :3], fractions, axes=1).astype(np.float32)
+        img = intensity[c, 0] * fractions[0] + intensity[c, 1] * fractions[1] + intensity[c, 2] * fractions[2]
         img[tumor] = intensity[c, 2 + labels[tumor]]
         blur = rng.uniform(0.3, 0.9, 3) / np.asarray(spacing) * 1.5
         img = ndimage.gaussian_filter(img, sigma=np.minimum(blur, 1.2))
