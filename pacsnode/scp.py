@@ -414,7 +414,8 @@ class Receiver:
                       "node.min_free_disk_mb = %g MiB", self.spool.root, self.min_free_disk_mb)
             return STATUS_OUT_OF_RESOURCES
         request = event.request
-        ts = str(event.context.transfer_syntax[0])
+        ts = event.context.transfer_syntax  # the accepted one (a UID)
+        ts = str(ts if isinstance(ts, str) else ts[0])
         data = request.DataSet.getvalue()
         try:
             header = read_header(data, ts)
