@@ -1,0 +1,44 @@
+"""DICOM TLS: a caller with a certificate from the CA gets in; one without does not."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, dcmtk, free_port
+from test_serve import ENV, NodeProcess, write_config
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path) -> Iterator[tuple[NodeProcess, Path]]:
+    certs = tmp_path / "tls"
+    subprocess.run(["bash", str(REPO / "deploy" / "tls" / "make-certs.sh"), str(certs)], check=True,
+                   capture_output=True)
+    port = free_port()
+    tls = (f'enabled = true\ncert = "{certs / "node.crt"}"\nkey = "{certs / "node.key"}"\n'
+           f'ca = "{certs / "ca.crt"}"\n')
+    cfg = write_config(tmp_path, port, extra={r"enabled = false  ": tls + "#"})
+    node = NodeProcess(cfg, port, tmp_path / "node.log").start()
+    yield node, certs
+    node.stop()
+
+
+def _echo(port: int, *tls: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([dcmtk("echoscu"), "-aet", "ECHOSCU", "-aec", "PACSNODE", *tls,
+                           "127.0.0.1", str(port)], env=ENV, capture_output=True, text=True, timeout=60)
+
+
+def test_tls_with_client_certificate_succeeds_without_fails(tls_node: tuple[NodeProcess, Path]) -> None:
+    node, certs = tls_node
+    ok = _echo(node.port, "+tls", str(certs / "client.key"), str(certs / "client.crt"),
+               "+cf", str(certs / "ca.crt"))
+    assert ok.returncode == 0, ok.stderr
+    anonymous = _echo(node.port, "+tla", "+cf", str(certs / "ca.crt"))
+    assert anonymous.returncode != 0
+    plain = _echo(node.port)
+    assert plain.returncode != 0
+    assert "association released: calling AE 'ECHOSCU'" in node.log.read_text()
