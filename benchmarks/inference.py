@@ -118,7 +118,8 @@ def run_infer(model: Path, dirs: list[Path], out: Path, threads: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"pacsnode infer failed ({p.returncode}):\n{stderr}")
     peak_kb = usage.ru_maxrss
-    timings = dict((k.strip(), float(v)) for k, v in re.findall(r"([a-z_ ]+) ([0-9.]+) s", stdout.split("timings")[1]))
+    line = stdout.split("timings", 1)[1].splitlines()[0]
+    timings = {k.strip(): float(v) for k, v in re.findall(r"([a-z_ ]+) ([0-9.]+) s", line) if k.strip() != "total"}
     windows = int(re.search(r"(\d+) window", stdout).group(1))
     return {"timings": timings, "windows": windows, "peak_mb": peak_kb / 1024, "wall": wall, "stdout": stdout}
 

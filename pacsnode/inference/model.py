@@ -70,6 +70,9 @@ class Model:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # no arena: activations of a 128³ window are freed after each run instead of being held
+        # for the rest of the job (peak memory matters more than the small allocation cost here)
+        opts.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)

@@ -21,6 +21,7 @@ from pacsnode.inference.postprocessing import keep_largest_component
 from pacsnode.inference.preprocessing import (
     Preprocessed,
     determine_separate_z,
+    linear_resize,
     preprocess,
     resample_image,
     revert_to_source,
@@ -59,25 +60,56 @@ class _Clock:
         self._t = now
 
 
+_SLAB = 16  # output slices resampled at a time on the way back
+
+
+def _linear_slab(src: np.ndarray, out_shape: tuple[int, ...], z0: int, out: np.ndarray) -> None:
+    """Rows z0:z0+len(out) of the order-1 grid-aligned resize of ``src`` to ``out_shape``."""
+    linear_resize(src, out_shape, out, start=z0)
+
+
 def logits_to_labels(logits: np.ndarray, pre: Preprocessed, activation: str,
                      label_values: Sequence[int]) -> np.ndarray:
-    """uint8 labels on the full source grid from logits at the target spacing, one class at a time."""
+    """uint8 labels on the full source grid from logits at the target spacing, one class at a time.
+
+    Without a separate low-resolution axis the way back runs in slabs of output slices, so
+    only a few slices per class are ever held on the source grid.
+    """
     labels = np.zeros(pre.shape_before_crop, dtype=np.uint8)
     sl = tuple(slice(lo, hi) for lo, hi in pre.bbox)
     axis = determine_separate_z(pre.target_spacing, pre.spacing)
-    buf = np.empty(pre.shape_after_crop, dtype=np.float32)
     inner = labels[sl]
+    shape = pre.shape_after_crop
+    if axis is None and tuple(logits.shape[1:]) != tuple(shape):
+        for z0 in range(0, shape[0], _SLAB):
+            n = min(_SLAB, shape[0] - z0)
+            part = inner[z0:z0 + n]
+            buf = np.empty((n, *shape[1:]), dtype=np.float32)
+            if activation == "softmax":
+                best = np.empty_like(buf)
+                _linear_slab(logits[0], shape, z0, best)
+                for c in range(1, logits.shape[0]):
+                    _linear_slab(logits[c], shape, z0, buf)
+                    better = buf > best
+                    np.copyto(best, buf, where=better)
+                    part[better] = c
+            else:
+                for c, value in enumerate(label_values):
+                    _linear_slab(logits[c], shape, z0, buf)
+                    part[buf > 0] = value
+        return labels
+    buf = np.empty(shape, dtype=np.float32)
     if activation == "softmax":
-        best = np.empty(pre.shape_after_crop, dtype=np.float32)
-        resample_image(logits[0], pre.shape_after_crop, axis=axis, order=1, order_z=0, out=best)
+        best = np.empty(shape, dtype=np.float32)
+        resample_image(logits[0], shape, axis=axis, order=1, order_z=0, out=best)
         for c in range(1, logits.shape[0]):
-            resample_image(logits[c], pre.shape_after_crop, axis=axis, order=1, order_z=0, out=buf)
+            resample_image(logits[c], shape, axis=axis, order=1, order_z=0, out=buf)
             better = buf > best
             np.copyto(best, buf, where=better)
             inner[better] = c
     else:  # sigmoid regions, in card order: later regions overwrite earlier ones
         for c, value in enumerate(label_values):
-            resample_image(logits[c], pre.shape_after_crop, axis=axis, order=1, order_z=0, out=buf)
+            resample_image(logits[c], shape, axis=axis, order=1, order_z=0, out=buf)
             inner[buf > 0] = value  # sigmoid(x) > 0.5
     return labels
 

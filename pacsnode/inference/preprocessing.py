@@ -74,12 +74,33 @@ class Preprocessed:
 
 
 # ---------------------------------------------------------------------------------- crop
+def _bbox(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """[lo, hi) per axis of the True voxels, or None when there are none (no index arrays built)."""
+    out = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        out.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(out)
+
+
 def create_nonzero_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels nonzero in any channel, holes filled (nnU-Net ``create_nonzero_mask``)."""
+    """Voxels nonzero in any channel, holes filled (nnU-Net ``create_nonzero_mask``).
+
+    Holes are filled inside the mask's bounding box only, which gives the same result
+    (a region touching the box's border is connected to the outside) at a fraction of the cost.
+    """
     mask = data[0] != 0
     for c in range(1, data.shape[0]):
         mask |= data[c] != 0
-    return ndimage.binary_fill_holes(mask)
+    if mask.all():
+        return mask
+    box = _bbox(mask)
+    if box is not None:
+        sl = tuple(slice(lo, hi) for lo, hi in box)
+        mask[sl] = ndimage.binary_fill_holes(mask[sl])
+    return mask
 
 
 def crop_to_nonzero(
@@ -91,11 +112,7 @@ def crop_to_nonzero(
     An all-zero image keeps its full extent.
     """
     mask = create_nonzero_mask(data)
-    coords = np.nonzero(mask)
-    if coords[0].size == 0:
-        bbox = tuple((0, int(s)) for s in mask.shape)
-    else:
-        bbox = tuple((int(c.min()), int(c.max()) + 1) for c in coords)
+    bbox = _bbox(mask) or tuple((0, int(s)) for s in mask.shape)
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     mask = mask[sl][None]
     data = data[(slice(None), *sl)]
@@ -167,11 +184,47 @@ def determine_separate_z(current_spacing: Sequence[float], new_spacing: Sequence
 _NPAD = 12  # as scipy.ndimage.zoom pads before the spline prefilter in mode "nearest"
 
 
+def _linear_weights(n_in: int, n_out: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    coord = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    coord = np.clip(coord, 0, n_in - 1)  # mode "nearest"
+    i0 = np.floor(coord).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (coord - i0).astype(np.float32)
+
+
+def linear_resize(img: np.ndarray, shape: Sequence[int], out: np.ndarray, start: int = 0) -> None:
+    """Order-1 grid-aligned resize (``ndimage.zoom(order=1, mode='nearest', grid_mode=True)``),
+    separable along each axis; ``out`` may hold rows ``start:start+len(out)`` of axis 0 only."""
+    cur = img
+    for axis in range(img.ndim):
+        n_in, n_out = img.shape[axis], int(shape[axis])
+        first, count = (start, out.shape[0]) if axis == 0 else (0, n_out)
+        if n_in == n_out and axis != 0:
+            continue
+        if n_in == n_out:
+            cur = cur[first:first + count]
+            continue
+        i0, i1, w = _linear_weights(n_in, n_out, first, count)
+        bshape = [1] * img.ndim
+        bshape[axis] = count
+        w = w.reshape(bshape)
+        a = np.take(cur, i0, axis=axis)
+        b = np.take(cur, i1, axis=axis)
+        b -= a
+        b *= w
+        a += b
+        cur = a
+    out[...] = cur
+
+
 def _zoom(img: np.ndarray, shape: Sequence[int], order: int, out: np.ndarray) -> None:
     """skimage ``resize(mode='edge', anti_aliasing=False, clip=True)``, i.e. ``ndimage.zoom(grid_mode=True,
     mode='nearest')`` plus clipping, computed in float32 (scipy prefilters in float64)."""
     if tuple(img.shape) == tuple(shape):
         out[...] = img
+        return
+    if order == 1:
+        linear_resize(img, shape, out)
         return
     scale = np.array([o / n for n, o in zip(shape, img.shape, strict=True)], dtype=np.float64)
     offset = 0.5 * scale - 0.5
