@@ -96,6 +96,7 @@ class TrainConfig:
     val_every: int = field(default=10, metadata=_positive())
     seed: int = 0
     progress: bool = True
+    threads: int = field(default=0, metadata=_non_negative())  # torch CPU threads; 0 = torch's default
 
 
 @dataclass(frozen=True)

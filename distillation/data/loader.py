@@ -7,6 +7,7 @@ Randomness is seeded from (seed, rank, epoch, worker), so DDP ranks draw differe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -35,6 +36,9 @@ class PatchBatches(IterableDataset):
         self.augment = augment or AugmentConfig(enabled=False)
         self.oversample = float(oversample_foreground)
         self.seed, self.rank, self.epoch = int(seed), int(rank), 0
+        # built (and MONAI imported) once here, so forked workers inherit it instead of
+        # re-importing MONAI every epoch
+        self._transform = build_augmentation(self.augment)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -45,7 +49,7 @@ class PatchBatches(IterableDataset):
         n = len(range(wid, self.batches_per_epoch, nw))
         seed_seq = np.random.SeedSequence([self.seed, self.rank, self.epoch, wid])
         rng = np.random.default_rng(seed_seq)
-        transform = build_augmentation(self.augment)
+        transform = copy.deepcopy(self._transform)
         transform.set_random_state(seed=int(seed_seq.generate_state(1)[0]))
         for _ in range(n):
             imgs, segs = [], []

@@ -97,6 +97,8 @@ def _card_fields(plan: DataPlan) -> dict[str, Any]:
 
 def _run(preset: Preset, out_dir: Path, pair: ModelPair, spec: RunSpec, stream: PatchBatches, val: list,
          ctx: DistContext, resume: bool) -> dict[str, Any]:
+    if preset.train.threads:
+        torch.set_num_threads(preset.train.threads)
     objective = Objective(spec.num_classes, preset.kd, ddp=ctx.is_distributed)
     optimizer = build_optimizer(pair.model.parameters(), preset.optim)  # student AND KD heads
     state = read_resume_state(out_dir) if resume else None
