@@ -144,6 +144,9 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
         ck = load_checkpoint(teacher_checkpoint)
         teacher = ck.build_network(deep_supervision=False)
         plan = DataPlan.from_json(ck.extra["plan"]) if "plan" in ck.extra else None
+        if plan is not None and tuple(plan.patch_size) != tuple(preset.data.patch_size):
+            log.warning("the student uses the teacher's plan: patch %s, not the preset's %s",
+                        list(plan.patch_size), list(preset.data.patch_size))
         plan, stream, val, split = prepare_data(preset, Path(dataset), out, ctx, plan)
         torch.manual_seed(preset.train.seed)
         student = build_network(ck.network_class_name, ck.arch_kwargs, ck.input_channels, ck.num_classes,
