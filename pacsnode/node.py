@@ -4,9 +4,10 @@
 ``stop()`` stops accepting, lets associations in flight finish, and shuts the scheduler
 down cleanly. :meth:`Node.run` does both around SIGTERM / SIGINT for ``pacsnode serve``.
 
-What a completed unit does is pluggable: ``Node(settings, work=fn)`` (or
-``node.runner.work = fn``) where ``fn(job: JobRow) -> result paths`` runs inference and
-writes results; by default a routed unit's job is simply marked done.
+A routed unit's job runs the :class:`~pacsnode.processor.Processor` (volumes → model →
+SEG / SR → outbox rows) and the :class:`~pacsnode.dispatcher.Dispatcher` sends the outbox
+to the destinations. ``Node(settings, work=fn)`` replaces the processing with any
+``fn(job: JobRow) -> result paths`` (tests use it to make a job fail on purpose).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import pydicom
 
 from pacsnode.config import ModelEntry, Settings
+from pacsnode.dispatcher import DELIVERY_HANDLER, Dispatcher
 from pacsnode.errors import LedgerError
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
 from pacsnode.ops import (
@@ -33,6 +35,7 @@ from pacsnode.ops import (
     status_snapshot,
     watchdog_interval,
 )
+from pacsnode.processor import Processor
 from pacsnode.routing import route_unit
 from pacsnode.scheduler import (
     JOB_HANDLER,
@@ -95,7 +98,12 @@ class Node:
         self.spool = Spool(state_dir, fsync=settings.node.fsync)
         self.ledger = Ledger(state_dir / "ledger.sqlite")
         self.scheduler = Scheduler(state_dir, settings.scheduler)
-        self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler, work)
+        self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe)
+        self.processor = Processor(
+            settings, self.ledger, observe=self.metrics.observe,
+            on_outputs=lambda job, ids: self.dispatcher.submit_rows([self.ledger.delivery(i) for i in ids]),
+        )
+        self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler, work or self.processor)
         self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete)
         self.receiver = Receiver(
             self.spool, self.ledger,
@@ -117,6 +125,7 @@ class Node:
         register_handler(STABLE_HANDLER, self.completeness.fired)
         register_handler(JOB_HANDLER, self.runner.run)
         register_handler(RETENTION_HANDLER, self.retention)
+        register_handler(DELIVERY_HANDLER, self.dispatcher.deliver)
         register_handler(UPKEEP_HANDLER, self.upkeep)
         swept = self.spool.sweep_partials()
         if swept:
@@ -152,7 +161,7 @@ class Node:
         self.scheduler.shutdown(wait=True)
         if self.status_server is not None:
             self.status_server.stop()
-        for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER):
+        for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER, DELIVERY_HANDLER):
             unregister_handler(name)
         self.ledger.close()
         LOG.info("stopped")
@@ -235,8 +244,10 @@ class Node:
             at = job.next_attempt_at if job.state is JobState.RETRY else None
             if not self.scheduler.has(job_timer_id(job.id)) or job.state is JobState.QUEUED:
                 self.runner.submit(job.id, at)
+        outbox = self.dispatcher.resume()
         LOG.info("resumed: %d units receiving, %d complete routed, %d running jobs re-queued, "
-                 "%d jobs waiting", armed, len(completed), requeued, len(waiting))
+                 "%d jobs waiting, %d deliveries pending", armed, len(completed), requeued, len(waiting),
+                 outbox)
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -275,6 +286,7 @@ class Node:
         for job in self.ledger.jobs([JobState.QUEUED]):
             if not self.scheduler.has(job_timer_id(job.id)):
                 self.runner.submit(job.id)
+        self.dispatcher.resume()
 
     def retention(self) -> None:
         retention_sweep(self.ledger, self.spool, self.settings.retention)

@@ -19,14 +19,15 @@ __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order `pacsnode --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "pacsnode.cli.config_cmd",
-    "pacsnode.cli.infer",
-    "pacsnode.cli.model",
     "pacsnode.cli.serve",
-    "pacsnode.cli.echo",
-    "pacsnode.cli.send",
     "pacsnode.cli.status",
     "pacsnode.cli.jobs",
+    "pacsnode.cli.deliveries",
+    "pacsnode.cli.send",
+    "pacsnode.cli.echo",
+    "pacsnode.cli.infer",
+    "pacsnode.cli.model",
+    "pacsnode.cli.config_cmd",
 )
 
 EXIT_OK = 0

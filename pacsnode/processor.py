@@ -1,0 +1,235 @@
+"""The processing stage: a queued job → volumes → model → SEG / SR files → outbox rows.
+
+:class:`Processor` is the node's job work (``JobRunner.work``). For one job it reads the
+unit's instances from the spool, picks each model input's series by the card's
+selectors, runs the model through :mod:`pacsnode.inference`, writes the outputs the route
+asks for into ``<state_dir>/results/<job id>/`` and records one pending delivery per
+output and destination. Everything it writes is keyed by the job and the unit's
+generation: the SEG's and SR's UIDs are derived from (unit UID, model sha256,
+generation), so a re-run after a crash produces the same instances (the PACS sees a
+replacement, never a duplicate) and the ledger's outbox rows are the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from pacsnode.config import Route, Settings
+from pacsnode.errors import InferenceError
+from pacsnode.inference import Model, run
+from pacsnode.ledger import JobRow, Ledger
+from pacsnode.results import segment_volumes_ml, write_seg, write_sr
+from pacsnode.volume import Volume, read_series, scan_series, select_series
+
+__all__ = ["Processor", "RunSummary", "RUN_SUMMARY", "result_uids"]
+
+LOG = logging.getLogger(__name__)
+
+RUN_SUMMARY = "run.json"
+"""Per-job summary written beside the results: timings, windows, segment volumes."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one job did, written as ``run.json`` beside its outputs."""
+
+    job_id: int
+    unit_uid: str
+    generation: int
+    model: str
+    model_version: str
+    model_sha256: str
+    channels: dict[str, str]  # channel name → SeriesInstanceUID
+    shape: tuple[int, int, int]
+    windows: int
+    timings: dict[str, float]
+    volumes_ml: dict[str, float]
+    outputs: dict[str, str]  # kind → file name
+    finished_at: float
+
+
+def result_uids(unit_uid: str, model_sha256: str, generation: int, kind: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of one output, stable across re-runs of a job."""
+    base = [unit_uid, model_sha256, str(generation), kind]
+    return generate_uid(entropy_srcs=[*base, "series"]), generate_uid(entropy_srcs=[*base, "instance"])
+
+
+class Processor:
+    """Runs one job: ``processor(job) -> result paths`` (the scheduler's job work)."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, *,
+                 on_outputs: Callable[[JobRow, Sequence[int]], None] | None = None,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.results_dir = Path(settings.node.state_dir) / "results"
+        self.on_outputs = on_outputs
+        self.observe = observe or (lambda _name, _seconds: None)
+        self._models: dict[str, Model] = {}
+        self._lock = threading.Lock()
+
+    # --- models -------------------------------------------------------------------------------
+
+    def model(self, name: str) -> Model:
+        """The loaded model of a [models] entry (one ONNX Runtime session per model, reused)."""
+        entry = self.settings.models[name]
+        file = entry.file
+        if not file.startswith("builtin:") and not Path(file).is_absolute() and self.settings.source:
+            file = str(self.settings.source.resolve().parent / file)
+        with self._lock:
+            cached = self._models.get(name)
+            if cached is None or not _same_file(cached.path, file):
+                cached = Model.load(file, threads=entry.threads)
+                self._models[name] = cached
+            return cached
+
+    # --- one job ------------------------------------------------------------------------------
+
+    def __call__(self, job: JobRow) -> list[str]:
+        route = self._route(job)
+        model = self.model(job.model_name)
+        t0 = time.perf_counter()
+        volumes, channels = self._volumes(job, model)
+        read_s = time.perf_counter() - t0
+        prediction = run(model, volumes, return_probabilities=route.seg_type == "fractional")
+        timings = {"read": read_s, **prediction.timings}
+        self.observe("inference", sum(prediction.timings.values()))
+
+        out_dir = self.results_dir / str(job.id)
+        staging = self.results_dir / f".{job.id}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        t1 = time.perf_counter()
+        outputs = self._write_outputs(job, route, model, volumes, prediction, staging)
+        timings["results"] = time.perf_counter() - t1
+        self.observe("results", timings["results"])
+
+        card = model.card
+        volumes_ml = segment_volumes_ml(prediction.labels, card, affine=prediction.affine)
+        summary = RunSummary(
+            job_id=job.id, unit_uid=job.unit_uid, generation=job.generation, model=card.name,
+            model_version=card.version, model_sha256=model.sha256, channels=channels,
+            shape=volumes[0].shape, windows=prediction.windows,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            volumes_ml={lb.name: round(float(volumes_ml.get(lb.value, 0.0)), 3) for lb in card.labels},
+            outputs={kind: path.name for kind, path in outputs.items()}, finished_at=time.time(),
+        )
+        (staging / RUN_SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
+        _replace_dir(staging, out_dir)
+        paths = [out_dir / p.name for p in outputs.values()]
+
+        delivery_ids = []
+        for kind, path in outputs.items():
+            if kind == "nifti":
+                continue
+            for dest in route.destinations:
+                delivery_ids.append(self.ledger.add_delivery(job.id, dest, out_dir / path.name).id)
+        LOG.info("job %s: %s on unit %s → %s; %d deliveries queued", job.id, card.name, job.unit_uid,
+                 ", ".join(outputs), len(delivery_ids))
+        if self.on_outputs is not None and delivery_ids:
+            self.on_outputs(job, delivery_ids)
+        return [str(p) for p in paths] + [str(out_dir / RUN_SUMMARY)]
+
+    def _route(self, job: JobRow) -> Route:
+        for route in self.settings.routes:
+            if route.name == job.route:
+                return route
+        valid = ", ".join(r.name for r in self.settings.routes)
+        raise InferenceError(f"job {job.id} names route {job.route!r} which the config no longer has; "
+                             f"valid: {valid}")
+
+    def _volumes(self, job: JobRow, model: Model) -> tuple[list[Volume], dict[str, str]]:
+        files = self.ledger.instance_paths(job.unit_uid)
+        if not files:
+            raise InferenceError(f"unit {job.unit_uid} must have instances in the spool, got none")
+        found = scan_series(files)
+        chosen = select_series(found, model.card.inputs)
+        volumes = [read_series(chosen[ch.name].files) for ch in model.card.inputs]
+        return volumes, {name: info.series_instance_uid for name, info in chosen.items()}
+
+    def _write_outputs(self, job: JobRow, route: Route, model: Model, volumes: Sequence[Volume],
+                       prediction: Any, out: Path) -> dict[str, Path]:
+        reference = volumes[0]
+        further = [ds for v in volumes[1:] for ds in v.datasets]
+        # one Enhanced multi-frame source: tell the SEG which frame each slice is
+        frames = [f for _, f in reference.frames] if len(reference.datasets) == 1 and reference.frames else None
+        written: dict[str, Path] = {}
+        seg = None
+        if "seg" in route.outputs or "sr" in route.outputs:
+            series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "seg")
+            seg = write_seg(
+                reference.datasets, prediction.labels, model.card, model_sha256=model.sha256,
+                seg_type=route.seg_type, probabilities=prediction.probabilities,
+                further_source_datasets=further, source_frames=frames,
+                series_instance_uid=series_uid, sop_instance_uid=sop_uid,
+                device_serial_number=self.settings.node.ae_title,
+            )
+            if "seg" in route.outputs:
+                written["seg"] = _save(seg, out / "seg.dcm")
+        if "sr" in route.outputs and seg is not None:
+            series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "sr")
+            sr = write_sr(
+                seg, prediction.labels, model.card, reference.datasets, model_sha256=model.sha256,
+                affine=prediction.affine, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
+            )
+            written["sr"] = _save(sr, out / "sr.dcm")
+        if "nifti" in route.outputs:
+            written["nifti"] = _save_nifti(prediction.labels, prediction.affine, out / "labels.nii.gz")
+        return written
+
+
+def _same_file(loaded: Path, file: str) -> bool:
+    if file.startswith("builtin:"):
+        return loaded.stem == file.removeprefix("builtin:")
+    return loaded.resolve() == Path(file).resolve()
+
+
+def _save(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+    return path
+
+
+def _save_nifti(labels: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
+    import nibabel as nib
+
+    # [k, i, j] with an LPS affine → nibabel's (x, y, z) = (j, i, k) with a RAS affine
+    perm = np.zeros((4, 4))
+    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps @ perm
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), ras), str(path))
+    return path
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Swap a finished results folder in place of an older run's (never half of each)."""
+    for f in staging.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
