@@ -136,6 +136,10 @@ def test_kd_heads_are_optimized_with_the_student_and_kept_out_of_its_weights(run
     assert sum(len(g["params"]) for g in ck.optimizer["param_groups"]) == n_params
     assert ck.card["provenance"]["kd_method"] == "logit+sard+ca"
     assert ck.width_factor == 0.5
+    from distillation.export.card import validate_card
+
+    card = validate_card(ck.card)  # the node's ModelCard accepts it: `distill export` needs no --card
+    assert card["patch_size"] == [16, 16, 16] and [x["value"] for x in card["labels"]] == [1, 2, 3]
 
 
 def test_teacher_stays_frozen_in_eval_mode_during_distillation(runs, tmp_path) -> None:

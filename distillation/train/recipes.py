@@ -85,14 +85,15 @@ def prepare_data(preset: Preset, dataset: Path, out_dir: Path, ctx: DistContext,
     return plan, stream, val, {"train": train_ids, "val": val_ids}
 
 
-def _card_fields(plan: DataPlan) -> dict[str, Any]:
-    return {
-        "target_spacing": list(plan.target_spacing),
-        "patch_size": list(plan.patch_size),
-        "normalization": [dict(n) for n in plan.normalization],
-        "crop_to_nonzero": plan.crop_to_nonzero,
-        "activation": "softmax",
-    }
+def _card(plan: DataPlan, name: str, dataset: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The model card a checkpoint carries (``distill export`` embeds it as is)."""
+    from distillation.export.card import make_card
+
+    return make_card(name=name, version="0.1.0", channel_names=plan.channel_names, labels=plan.labels,
+                     target_spacing=plan.target_spacing, patch_size=plan.patch_size,
+                     normalization=plan.normalization, crop_to_nonzero=plan.crop_to_nonzero,
+                     description=f"Trained by distill on {dataset.name}.",
+                     provenance={"dataset": dataset.name, **provenance})
 
 
 def _run(preset: Preset, out_dir: Path, pair: ModelPair, spec: RunSpec, stream: PatchBatches, val: list,
@@ -123,7 +124,9 @@ def train_teacher(preset: Preset, dataset: str | Path, out_dir: str | Path, resu
                             min_features=preset.network.min_features,
                             deep_supervision=preset.network.deep_supervision)
         spec = RunSpec(cls_name, arch_kwargs, len(plan.channel_names), plan.num_classes, 1.0,
-                       preset.network.min_features, card={**_card_fields(plan)},
+                       preset.network.min_features,
+                       card=_card(plan, f"{preset.name}-teacher", Path(dataset),
+                                  {"width_factor": 1.0, "parameters": count_parameters(net)}),
                        extra={"plan": plan.to_json(), "split": split, "role": "teacher",
                               "parameters": count_parameters(net)})
         _write_run_info(out, ctx, spec)
@@ -158,7 +161,8 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
         provenance = {"teacher": str(teacher_checkpoint), "width_factor": width_factor,
                       "kd_method": preset.kd.recipe, "parameters": count_parameters(student)}
         spec = RunSpec(ck.network_class_name, ck.arch_kwargs, ck.input_channels, ck.num_classes,
-                       width_factor, ck.min_features, card={**_card_fields(plan), "provenance": provenance},
+                       width_factor, ck.min_features,
+                       card=_card(plan, f"{preset.name}-student-w{width_factor:g}", Path(dataset), provenance),
                        extra={"plan": plan.to_json(), "split": split, "role": "student",
                               "kd": preset.kd.recipe, "parameters": count_parameters(student)})
         _write_run_info(out, ctx, spec)
