@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order `pacsnode --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "pacsnode.cli.demo",
     "pacsnode.cli.serve",
     "pacsnode.cli.status",
     "pacsnode.cli.jobs",

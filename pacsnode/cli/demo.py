@@ -1,0 +1,29 @@
+"""`pacsnode demo`: node + PACS + synthetic brain study on loopback, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="end to end on loopback: a PACS sends a synthetic brain study, "
+                                    "the node returns SEG and SR (exit 0 when they arrive)")
+    p.add_argument("--model", default="builtin:brain-tumor",
+                   help="model file (default: the embedded brain-tumor student)")
+    p.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=42, help="phantom seed (default 42)")
+    p.add_argument("--keep", action="store_true", help="keep the study and the PACS's storage")
+    p.add_argument("--storescp", action="store_true", help="use DCMTK storescp as the PACS, not Orthanc")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the results")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pacsnode.demo.run import run_demo
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    run_demo(model_file=args.model, workdir=args.workdir, seed=args.seed, keep=args.keep,
+             use_orthanc=False if args.storescp else None, timeout=args.timeout)
+    return 0
