@@ -1,0 +1,46 @@
+"""``distill study CONFIG --work DIR [--docs DIR]``: regenerate the distillation study (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "study", help="regenerate the distillation study: phantoms, teacher, students, evaluation, table, plots",
+        description="Run a study preset (distillation/presets/study-*.toml or a file): generate phantoms, train "
+                    "the teacher and every student (width x KD recipe x seed), export each to ONNX, score it on "
+                    "the held-out cases and time it through pacsnode's inference, and write DOCS/<stem>.md with "
+                    "plots. Finished steps are skipped, so the same command resumes an interrupted study.")
+    p.add_argument("config", help="study preset file or bundled name (study-brain-small, study-brain-full, "
+                                  "study-ct-small)")
+    p.add_argument("--work", required=True, type=Path, help="work folder for data, checkpoints and results")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where the markdown and plots go (default docs)")
+    p.add_argument("--teacher", type=Path, help="reuse this teacher checkpoint (same dataset and plan) "
+                                                "instead of training one")
+    p.add_argument("--report-only", action="store_true", help="train nothing; report what has finished")
+    p.add_argument("--max-students", type=int, help="train at most this many students in this call")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distillation.study import load_study, run_study
+    from pacsnode.errors import ConfigError
+
+    config = load_study(args.config)
+    if args.teacher is not None and not args.teacher.is_file():
+        raise ConfigError(f"--teacher must be a checkpoint file, got {str(args.teacher)!r}")
+    if args.max_students is not None and args.max_students < 0:
+        raise ConfigError(f"--max-students must be zero or more, got {args.max_students}")
+    result = run_study(config, args.work, args.docs, teacher=args.teacher, report_only=args.report_only,
+                       max_students=args.max_students)
+    sys.stdout.write(json.dumps({"rows": len(result.rows), "pending": result.pending,
+                                 "results": str(result.results_json), "markdown": str(result.markdown),
+                                 "plots": [str(p) for p in result.plots]}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,175 @@
+"""Study presets (``distillation/presets/study-*.toml``) → a frozen, typed :class:`StudyConfig`.
+
+Walked with pacsnode's config walker, so a misspelt key or a wrong value is one
+:class:`~pacsnode.errors.ConfigError` naming the key. Tables:
+
+``[dataset]``     which phantoms (``brain`` / ``ct``), how many training and held-out cases, spacing, seed
+``[training]``    the training preset (bundled name or file) and the study's overrides of it
+``[students]``    widths × KD recipes (or an explicit ``runs`` subset) × seeds
+``[evaluation]``  ONNX Runtime threads for Dice/HD95 and latency, how many cases/windows are timed
+``[report]``      the title and the file stem of ``docs/<stem>.md`` and its plots
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pacsnode.config import _build  # the one key-naming walker
+from pacsnode.errors import ConfigError
+
+__all__ = ["DatasetSpec", "TrainingSpec", "StudentsSpec", "EvaluationSpec", "ReportSpec", "StudyConfig",
+           "RunKey", "KD_RECIPES", "load_study", "parse_study", "study_path"]
+
+# A KD recipe as written in a study preset → the terms ``distill distill --kd`` takes.
+KD_RECIPES: dict[str, str] = {"none": "", "logit": "logit", "sard": "sard", "ca": "ca",
+                              "logit+sard+ca": "logit,sard,ca"}
+
+
+def _check(rule: Any, text: str) -> dict[str, Any]:
+    return {"check": (rule, text)}
+
+
+def _positive() -> dict[str, Any]:
+    return _check(lambda v: v > 0, "a positive number")
+
+
+def _non_negative() -> dict[str, Any]:
+    return _check(lambda v: v >= 0, "zero or a positive number")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """[dataset]: phantoms written by ``distill phantoms KIND`` into WORK/data."""
+
+    kind: Literal["brain", "ct"] = "brain"
+    cases: int = field(default=200, metadata=_positive())
+    test_cases: int = field(default=40, metadata=_positive())
+    spacing: str = ""  # mm, "2" or "3,2,2"; "" = the phantom's default
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """[training]: the preset every run trains with; zero keeps the preset's value."""
+
+    preset: str = "brain-cpu"
+    teacher_epochs: int = field(default=0, metadata=_non_negative())
+    student_epochs: int = field(default=0, metadata=_non_negative())
+    batches_per_epoch: int = field(default=0, metadata=_non_negative())
+    num_workers: int = field(default=-1, metadata=_check(lambda v: v >= -1, "-1 (the preset's) or more"))
+
+
+@dataclass(frozen=True)
+class StudentsSpec:
+    """[students]: the grid ``widths × kd`` (or exactly ``runs``, as "WIDTH:RECIPE"), once per seed."""
+
+    widths: tuple[float, ...] = field(default=(0.5, 0.25, 0.125), metadata=_check(
+        lambda v: all(0 < w <= 1 for w in v), "numbers in (0, 1]"))
+    kd: tuple[str, ...] = field(default=tuple(KD_RECIPES), metadata=_check(
+        lambda v: all(k in KD_RECIPES for k in v), f"recipes from {', '.join(KD_RECIPES)}"))
+    runs: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = field(default=(0,), metadata=_check(lambda v: len(v) > 0, "at least one seed"))
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """[evaluation]: measured through ``pacsnode.inference`` (ONNX Runtime) with ``threads`` threads."""
+
+    threads: int = field(default=2, metadata=_positive())
+    limit: int = field(default=0, metadata=_non_negative())  # held-out cases scored; 0 = all
+    latency_cases: int = field(default=3, metadata=_positive())
+    latency_windows: int = field(default=5, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """[report]: ``DOCS/<stem>.md``, ``DOCS/<stem>-dice-params.png``, ``-dice-latency.png``, ``-curves.png``."""
+
+    title: str = "Distillation study"
+    stem: str = field(default="study", metadata=_check(lambda v: v.replace("-", "").replace("_", "").isalnum(),
+                                                      "letters, digits, '-' or '_'"))
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One student run: width factor, KD recipe name (a :data:`KD_RECIPES` key) and seed."""
+
+    width: float
+    kd: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"w{self.width:g}-{self.kd}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    description: str = ""
+    dataset: DatasetSpec = DatasetSpec()
+    training: TrainingSpec = TrainingSpec()
+    students: StudentsSpec = StudentsSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    report: ReportSpec = ReportSpec()
+
+    def student_runs(self) -> list[RunKey]:
+        """Every student run, in the order they are trained (seed-major, then width, then recipe)."""
+        if self.students.runs:
+            pairs = [_parse_run(r, i) for i, r in enumerate(self.students.runs)]
+        else:
+            pairs = [(w, k) for w in self.students.widths for k in self.students.kd]
+        return [RunKey(w, k, s) for s in self.students.seeds for w, k in pairs]
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _parse_run(text: str, i: int) -> tuple[float, str]:
+    width, _, kd = text.partition(":")
+    try:
+        w = float(width)
+    except ValueError:
+        w = -1.0
+    if not 0 < w <= 1 or kd not in KD_RECIPES:
+        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE' with WIDTH in (0, 1] and RECIPE from "
+                          f"{', '.join(KD_RECIPES)}, got {text!r}")
+    return w, kd
+
+
+def parse_study(data: Mapping[str, Any]) -> StudyConfig:
+    """Validate a parsed TOML document into a :class:`StudyConfig` (the mapping is not mutated)."""
+    config = StudyConfig(**_build(StudyConfig, dict(data), "", None))
+    config.student_runs()  # validates students.runs
+    return config
+
+
+def study_path(name_or_path: str | Path) -> Path:
+    """A file path as given, or a bundled study preset's name (``study-brain-small``)."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    presets = resources.files("distillation") / "presets"
+    bundled = presets / f"{p.name.removesuffix('.toml')}.toml"
+    if p.name.startswith("study-") and bundled.is_file():
+        return Path(str(bundled))
+    names = sorted(x.name[:-5] for x in presets.iterdir() if x.name.startswith("study-") and x.name.endswith(".toml"))
+    raise ConfigError(f"CONFIG must be a study preset file or a bundled study preset name, got "
+                      f"{str(name_or_path)!r}; bundled: {', '.join(names)}")
+
+
+def load_study(name_or_path: str | Path) -> StudyConfig:
+    """Read and validate a study preset (a file or a bundled name)."""
+    path = study_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"study preset {path} is not valid TOML: {exc}") from None
+    return parse_study(data)

@@ -1,0 +1,237 @@
+"""The study's report: a markdown table, the targets as measured, and three matplotlib (Agg) plots.
+
+Rows of the same (width, KD recipe) over several seeds are summarised as mean ± sample standard
+deviation (``±`` is omitted for a single seed). The targets of issue 7 are evaluated from the
+numbers, never asserted: width 1/4 with KD keeps ≥ 98.7 % of the teacher's mean Dice; KD beats no KD
+at the same width on each region; width 1/4 CPU latency per case ≥ 67 % below the teacher's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distillation.study.config import StudyConfig
+
+__all__ = ["summarise", "targets", "write_report", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ("model", "width", "KD", "seeds", "parameters", "GFLOPs/window", "mean Dice",
+                 "latency/window (s)", "latency/case (s)")
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (role, width, kd): means and spreads over seeds of every measured field."""
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["role"], float(r["width"]), r["kd"]), []).append(r)
+    out = []
+    for (role, width, kd), rs in groups.items():
+        structures = rs[0]["structures"]
+        entry: dict[str, Any] = {"role": role, "width": width, "kd": kd, "seeds": sorted(r["seed"] for r in rs),
+                                 "structures": structures, "parameters": rs[0]["parameters"],
+                                 "gflops_per_window": rs[0]["gflops_per_window"]}
+        for field in ("mean_dice", "latency_window_s", "latency_case_s", "final_val_dice", "train_seconds"):
+            entry[field] = _stats([r.get(field) for r in rs])
+        entry["dice"] = {s: _stats([r["dice"].get(s) for r in rs]) for s in structures}
+        entry["hd95"] = {s: _stats([r["hd95"].get(s) for r in rs]) for s in structures}
+        entry["curves"] = [(r["seed"], r.get("curve", [])) for r in rs]
+        out.append(entry)
+    order = {"teacher": 0, "student": 1}
+    kd_order = ["none", "logit", "sard", "ca", "logit+sard+ca"]
+    out.sort(key=lambda e: (order[e["role"]], -e["width"], kd_order.index(e["kd"]) if e["kd"] in kd_order else 9))
+    return out
+
+
+def _fmt(stat: tuple[float | None, float | None], digits: int = 3) -> str:
+    mean, spread = stat
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
+
+
+def _width(w: float) -> str:
+    return "1 (teacher)" if w == 1 else f"1/{round(1 / w):d}" if abs(1 / w - round(1 / w)) < 1e-6 else f"{w:g}"
+
+
+def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's three targets, each as a measured sentence (met / not met / not measured)."""
+    lines: list[str] = []
+    teacher = next((e for e in entries if e["role"] == "teacher"), None)
+    students = [e for e in entries if e["role"] == "student"]
+    if teacher is None or teacher["mean_dice"][0] is None:
+        return ["Targets not evaluated: the teacher has not been evaluated yet."]
+    t_dice, t_case = teacher["mean_dice"][0], teacher["latency_case_s"][0]
+    quarter_kd = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["kd"] != "none"
+                  and e["mean_dice"][0] is not None]
+    if quarter_kd:
+        best = max(quarter_kd, key=lambda e: e["mean_dice"][0])
+        ratio = best["mean_dice"][0] / t_dice if t_dice else float("nan")
+        lines.append(f"- Width 1/4 with KD keeps ≥ 98.7 % of the teacher's mean Dice: best width-1/4 KD run "
+                     f"({best['kd']}) {best['mean_dice'][0]:.3f} vs teacher {t_dice:.3f} = {100 * ratio:.1f} % "
+                     f"→ **{'met' if ratio >= 0.987 else 'not met'}**.")
+    else:
+        lines.append("- Width 1/4 with KD vs teacher: not measured (no width-1/4 KD run finished).")
+    for width in sorted({e["width"] for e in students}, reverse=True):
+        none = next((e for e in students if e["width"] == width and e["kd"] == "none"), None)
+        kds = [e for e in students if e["width"] == width and e["kd"] != "none" and e["mean_dice"][0] is not None]
+        if none is None or not kds:
+            lines.append(f"- KD vs no KD at width {_width(width)}: not measured (needs a no-KD run and a KD run).")
+            continue
+        best = max(kds, key=lambda e: e["mean_dice"][0])
+        per = []
+        wins = True
+        for s in best["structures"]:
+            a, b = best["dice"][s][0], none["dice"][s][0]
+            if a is None or b is None:
+                wins = False
+                per.append(f"{s} n/a")
+                continue
+            wins &= a > b
+            per.append(f"{s} {a:.3f} vs {b:.3f}")
+        lines.append(f"- KD beats no KD at width {_width(width)} on each region (best KD = {best['kd']}): "
+                     f"{'; '.join(per)} → **{'met' if wins else 'not met'}**.")
+    quarter = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["latency_case_s"][0] is not None]
+    if quarter and t_case:
+        lat = statistics.fmean(e["latency_case_s"][0] for e in quarter)
+        cut = 1 - lat / t_case
+        lines.append(f"- CPU latency per case at width 1/4 ≥ 67 % below the teacher's: {lat:.2f} s vs {t_case:.2f} s "
+                     f"= {100 * cut:.0f} % lower → **{'met' if cut >= 0.67 else 'not met'}**.")
+    else:
+        lines.append("- CPU latency at width 1/4 vs teacher: not measured.")
+    return lines
+
+
+def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
+    structures = entries[0]["structures"] if entries else []
+    head = ["model", "width", "KD", "seeds", "parameters", "GFLOPs/window"]
+    head += [f"Dice {s}" for s in structures] + ["mean Dice"] + [f"HD95 {s} (mm)" for s in structures]
+    head += ["latency/window (s)", "latency/case (s)", "last val Dice", "train (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        train = e["train_seconds"]
+        cells = [e["role"], _width(e["width"]), e["kd"], ",".join(str(s) for s in e["seeds"]),
+                 f"{e['parameters']:,}", f"{e['gflops_per_window']:.2f}"]
+        cells += [_fmt(e["dice"][s]) for s in structures] + [_fmt(e["mean_dice"])]
+        cells += [_fmt(e["hd95"][s], 1) for s in structures]
+        cells += [_fmt(e["latency_window_s"], 3), _fmt(e["latency_case_s"], 2), _fmt(e["final_val_dice"]),
+                  _fmt((train[0] / 60 if train[0] is not None else None,
+                        train[1] / 60 if train[1] is not None else None), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plots(config: StudyConfig, entries: Sequence[dict[str, Any]], docs: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = config.report.stem
+    markers = {"none": "o", "logit": "s", "sard": "^", "ca": "v", "logit+sard+ca": "*", "-": "D"}
+    paths = []
+    for xfield, xlabel, suffix, log_x in (("parameters", "parameters", "dice-params", True),
+                                          ("latency_case_s", "CPU latency per case (s, ONNX Runtime)",
+                                           "dice-latency", False)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for e in entries:
+            x = e[xfield] if xfield == "parameters" else e[xfield][0]
+            y, err = e["mean_dice"]
+            if x is None or y is None:
+                continue
+            label = "teacher" if e["role"] == "teacher" else f"w {_width(e['width'])} {e['kd']}"
+            ax.errorbar(x, y, yerr=err or 0, marker=markers.get(e["kd"], "o"), markersize=8, capsize=3,
+                        linestyle="none", label=label)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean Dice over regions (held-out)")
+        ax.set_title(f"{config.report.title}: Dice vs {xlabel.split(' (')[0]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        paths.append(_save(fig, docs / f"{stem}-{suffix}.png"))
+        plt.close(fig)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for e in entries:
+        label = "teacher" if e["role"] == "teacher" else f"w {_width(e['width'])} {e['kd']}"
+        for seed, curve in e["curves"]:
+            suffix = f" s{seed}" if len(e["curves"]) > 1 else ""
+            ep = [c["epoch"] + 1 for c in curve if c.get("train_total") is not None]
+            ax1.plot(ep, [c["train_total"] for c in curve if c.get("train_total") is not None], label=label + suffix)
+            val = [(c["epoch"] + 1, c["val_dice"]) for c in curve if c.get("val_dice") is not None]
+            if val:
+                ax2.plot([v[0] for v in val], [v[1] for v in val], marker=".", label=label + suffix)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (segmentation + KD terms)")
+    ax1.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation pseudo-Dice (patches)")
+    ax2.set_ylim(0, 1)
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+    ax2.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{config.report.title}: training curves")
+    fig.tight_layout()
+    paths.append(_save(fig, docs / f"{stem}-curves.png"))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: Sequence[str], docs: Path,
+                 work: Path) -> tuple[Path, list[Path]]:
+    """Write ``docs/<stem>.md`` (with ``docs/<stem>-notes.md`` appended if present) and the plots."""
+    docs.mkdir(parents=True, exist_ok=True)
+    entries = summarise(rows)
+    plots = _plots(config, entries, docs) if entries else []
+    d, t, ev = config.dataset, config.training, config.evaluation
+    lines = [f"# {config.report.title}", "", config.description.strip(), "",
+             "Regenerate (resumable: finished runs are skipped):", "", "```",
+             f"distill study {config.name} --work WORK --docs {docs}", "```", "",
+             f"- Dataset: {d.cases} training + {d.test_cases} held-out synthetic {d.kind} phantoms "
+             f"(`distill phantoms {d.kind}`, seed {d.seed}, spacing {d.spacing or 'default'} mm).",
+             f"- Training preset `{t.preset}`; teacher epochs {t.teacher_epochs or 'preset'}, student epochs "
+             f"{t.student_epochs or 'preset'}, batches/epoch {t.batches_per_epoch or 'preset'}.",
+             f"- Evaluation on the held-out cases through `pacsnode.inference` (ONNX Runtime, {ev.threads} "
+             f"threads, the node's sliding window): Dice and HD95 per region, means over cases "
+             f"(HD95 over cases where both masks are non-empty). Latency: median of {ev.latency_windows} "
+             f"single windows and of {ev.latency_cases} whole cases, same runtime and threads for every model.",
+             "- GFLOPs: one forward pass of one window (patch size from the card), 2 × MACs.", ""]
+    if entries:
+        lines += ["## Results", ""] + _table(entries) + [""]
+        loads = [r.get("load_average_1min") for r in rows if r.get("load_average_1min") is not None]
+        if loads:
+            lines += [f"Load average (1 min) while timing: {min(loads):.1f}–{max(loads):.1f} on "
+                      f"{os.cpu_count()} CPUs (shared machine: latencies are indicative).", ""]
+        lines += ["## Targets, as measured", ""] + targets(entries) + [""]
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    else:
+        lines += ["No run has finished yet.", ""]
+    notes = docs / f"{config.report.stem}-notes.md"
+    if notes.is_file():
+        lines += ["## Notes", "", notes.read_text(encoding="utf-8").strip(), ""]
+    if pending:
+        lines += ["## Not finished", "", "These runs were planned but had not finished when this report was written: "
+                  + ", ".join(f"`{p}`" for p in pending) + ".", ""]
+    path = docs / f"{config.report.stem}.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path, plots

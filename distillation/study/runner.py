@@ -1,0 +1,250 @@
+"""``distill study``: dataset → teacher → students → export → evaluation → table and plots.
+
+Everything lands in a work folder, one sub-folder per run, and each step leaves a file that marks
+it finished, so running the same command again skips what is done and resumes what is not
+(training resumes from ``checkpoint_latest.pt``)::
+
+    WORK/data/DatasetXXX_Name/          phantoms (dataset.json written last = finished)
+    WORK/teacher/                       checkpoint_final.pt, model.onnx, evaluation.json, result.json
+    WORK/students/w0.25-logit-s0/       the same per student
+    WORK/results.json                   every finished row, then DOCS/<stem>.md and the plots
+
+A row (``result.json``) holds what was measured: role, width, KD recipe, seed, parameters,
+GFLOPs per window, Dice / HD95 mean per region on the held-out cases (through the node's
+inference), the mean Dice over regions, CPU latency per window and per case, the last validation
+Dice and the training time. Students all distil from the one teacher; their seeds vary the
+student's initialisation and patch sampling, the teacher is trained once (first seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
+
+__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset"]
+
+log = logging.getLogger(__name__)
+
+FINAL = "checkpoint_final.pt"
+LATEST = "checkpoint_latest.pt"
+RESULT = "result.json"
+
+_PHANTOM_DATASETS = {"brain": (501, "BrainTumorPhantom"), "ct": (502, "AbdomenCTPhantom")}
+STUDY_INTENDED_USE = ("Research only: a distillation-study model trained on synthetic phantoms. "
+                      "Not for clinical use.")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    rows: list[dict[str, Any]]
+    pending: list[str]
+    results_json: Path
+    markdown: Path
+    plots: list[Path]
+
+
+def dataset_dir(config: StudyConfig, work: Path) -> Path:
+    dataset_id, name = _PHANTOM_DATASETS[config.dataset.kind]
+    return work / "data" / f"Dataset{dataset_id:03d}_{name}"
+
+
+def _atomic_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _ensure_dataset(config: StudyConfig, work: Path) -> Path:
+    folder = dataset_dir(config, work)
+    if (folder / "dataset.json").is_file():
+        log.info("study: dataset %s is there, skipping generation", folder)
+        return folder
+    from distillation.cli_phantoms import run as phantoms
+
+    d = config.dataset
+    log.info("study: generating %d + %d %s phantoms in %s", d.cases, d.test_cases, d.kind, folder)
+    phantoms(argparse.Namespace(kind=d.kind, cases=d.cases, test_cases=d.test_cases, out=work / "data", seed=d.seed,
+                                spacing=d.spacing or None, dataset_id=None, name=None, dicom=False,
+                                orientation=None, flip_slices=False, enhanced=False, compress=None))
+    return folder
+
+
+def make_preset(config: StudyConfig, role: str, seed: int = 0, kd: str = "none"):
+    """The training preset of one run: the study's preset with its overrides and the run's KD terms."""
+    from distillation.config import load_preset, with_kd_terms
+
+    t = config.training
+    preset = load_preset(t.preset)
+    epochs = t.teacher_epochs if role == "teacher" else t.student_epochs
+    train = replace(preset.train, seed=seed, progress=False, **({"epochs": epochs} if epochs else {}))
+    data = preset.data
+    if t.batches_per_epoch:
+        data = replace(data, batches_per_epoch=t.batches_per_epoch)
+    if t.num_workers >= 0:
+        data = replace(data, num_workers=t.num_workers)
+    preset = replace(preset, train=train, data=data)
+    return with_kd_terms(preset, KD_RECIPES[kd]) if role == "student" else preset
+
+
+def _train(kind: str, out: Path, fn: Any) -> float:
+    """Run ``fn(resume)`` unless ``out`` holds a final checkpoint; returns seconds spent (0 if skipped)."""
+    if (out / FINAL).is_file():
+        log.info("study: %s finished earlier (%s), skipping training", kind, out / FINAL)
+        return 0.0
+    resume = (out / LATEST).is_file()
+    log.info("study: training %s in %s%s", kind, out, " (resuming)" if resume else "")
+    t0 = time.perf_counter()
+    fn(resume)
+    return time.perf_counter() - t0
+
+
+def _training_summary(out: Path) -> dict[str, Any]:
+    path = out / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    epochs = metrics.get("epochs", [])
+    val = [r for r in epochs if "val_dice" in r]
+    return {"epochs": len(epochs), "train_seconds": sum(float(r.get("epoch_seconds", 0.0)) for r in epochs),
+            "final_val_dice": val[-1]["val_dice"] if val else None,
+            "curve": [{"epoch": r["epoch"], "train_total": r.get("train_total"), "val_dice": r.get("val_dice")}
+                      for r in epochs]}
+
+
+def _export(checkpoint: Path, onnx_path: Path, name: str, provenance: dict[str, Any]) -> None:
+    from distillation.checkpoint import load_checkpoint
+    from distillation.export import export_onnx
+
+    ck = load_checkpoint(checkpoint)
+    card = dict(ck.card)
+    card["name"] = name
+    card["intended_use"] = STUDY_INTENDED_USE
+    card["provenance"] = {**dict(card.get("provenance") or {}), **provenance}
+    export_onnx(ck.build_network(deep_supervision=False), card, onnx_path)
+
+
+def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Export, evaluate and time one trained run; writes and returns its ``result.json`` row."""
+    from distillation.evaluate import evaluate_model
+    from distillation.study.measure import latency, network_cost
+
+    ckpt = run_dir / FINAL
+    cost = network_cost(ckpt)
+    onnx_path = run_dir / "model.onnx"
+    if not onnx_path.is_file():
+        _export(ckpt, onnx_path, f"{config.name}-{row['run']}",
+                {"width_factor": row["width"], "kd_method": row["kd"], "parameters": cost["parameters"],
+                 "dataset": dataset.name})
+    ev = config.evaluation
+    eval_path = run_dir / "evaluation.json"
+    if not eval_path.is_file():
+        evaluate_model(onnx_path, dataset, "Ts", threads=ev.threads, limit=ev.limit or None,
+                       progress=False).write(eval_path)
+    evaluation = json.loads(eval_path.read_text(encoding="utf-8"))
+    lat_path = run_dir / "latency.json"
+    if not lat_path.is_file():
+        _atomic_json(lat_path, latency(onnx_path, dataset, threads=ev.threads, cases=ev.latency_cases,
+                                       windows=ev.latency_windows))
+    lat = json.loads(lat_path.read_text(encoding="utf-8"))
+    summary = evaluation["summary"]
+    structures = list(evaluation["settings"].get("regions") or {}) or list(summary)
+    dice = {s: summary[s]["dice"]["mean"] for s in structures}
+    hd95 = {s: summary[s]["hd95"]["mean"] for s in structures}
+    hd95_inf = {s: summary[s]["hd95"].get("n_inf", 0) for s in structures}
+    finite = [v for v in dice.values() if v is not None]
+    row = {**row, **cost, "structures": structures, "dice": dice, "hd95": hd95, "hd95_n_inf": hd95_inf,
+           "mean_dice": sum(finite) / len(finite) if finite else None, "cases": len(evaluation["cases"]),
+           "latency_window_s": lat["window_seconds"], "latency_case_s": lat["case_seconds"],
+           "latency_case_network_s": lat["case_network_seconds"], "windows_per_case": lat["windows_per_case"],
+           "threads": lat["threads"], "load_average_1min": lat["load_average_1min"],
+           **_training_summary(run_dir), "model": str(onnx_path)}
+    _atomic_json(run_dir / RESULT, row)
+    return row
+
+
+def collect_rows(work: Path) -> list[dict[str, Any]]:
+    """Every finished row under WORK (teacher first, then students by name)."""
+    rows = []
+    teacher = work / "teacher" / RESULT
+    if teacher.is_file():
+        rows.append(json.loads(teacher.read_text(encoding="utf-8")))
+    for path in sorted((work / "students").glob(f"*/{RESULT}")):
+        rows.append(json.loads(path.read_text(encoding="utf-8")))
+    return rows
+
+
+def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teacher: str | Path | None = None,
+              report_only: bool = False, max_students: int | None = None) -> StudyResult:
+    """Run (or resume) the whole study and write the report; see the module docstring.
+
+    ``teacher`` reuses an existing teacher checkpoint (same dataset and plan) instead of training
+    one; ``report_only`` trains nothing and reports what is finished; ``max_students`` stops after
+    that many student runs have been trained in this call (the rest are listed as pending).
+    """
+    from distillation.study.report import write_report
+    from distillation.train import distill, train_teacher
+
+    work, docs = Path(work), Path(docs)
+    work.mkdir(parents=True, exist_ok=True)
+    _atomic_json(work / "study.json", config.to_json())
+    pending: list[str] = []
+    dataset = dataset_dir(config, work)
+    if not report_only:
+        dataset = _ensure_dataset(config, work)
+        teacher_dir = work / "teacher"
+        teacher_dir.mkdir(exist_ok=True)
+        teacher_ckpt = Path(teacher) if teacher else teacher_dir / FINAL
+        if teacher is None:
+            seed = config.students.seeds[0]
+            _train("teacher", teacher_dir,
+                   lambda resume: train_teacher(make_preset(config, "teacher", seed), dataset, teacher_dir,
+                                                resume=resume))
+        elif not (teacher_dir / FINAL).exists():
+            (teacher_dir / FINAL).symlink_to(teacher_ckpt.resolve())
+            src_metrics = teacher_ckpt.parent / "metrics.json"
+            if src_metrics.is_file() and not (teacher_dir / "metrics.json").exists():
+                (teacher_dir / "metrics.json").symlink_to(src_metrics.resolve())
+        if not (teacher_dir / RESULT).is_file():
+            _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
+                                                    "kd": "-", "seed": config.students.seeds[0],
+                                                    "teacher_checkpoint": str(teacher_ckpt)})
+        trained = 0
+        for key in config.student_runs():
+            out = work / "students" / key.name
+            if (out / RESULT).is_file():
+                continue
+            if max_students is not None and trained >= max_students and not (out / FINAL).is_file():
+                pending.append(key.name)
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            spent = _train(f"student {key.name}", out, lambda resume, key=key, out=out: distill(
+                make_preset(config, "student", key.seed, key.kd), teacher_dir / FINAL, key.width, dataset, out,
+                resume=resume))
+            trained += spent > 0
+            _measure(config, out, dataset, _student_row(key))
+    else:
+        done = {r["run"] for r in collect_rows(work)}
+        pending = [k.name for k in config.student_runs() if k.name not in done]
+    rows = collect_rows(work)
+    _atomic_json(work / "results.json", {"study": config.to_json(), "rows": rows, "pending": pending})
+    markdown, plots = write_report(config, rows, pending, docs, work)
+    return StudyResult(rows=rows, pending=pending, results_json=work / "results.json", markdown=markdown,
+                       plots=plots)
+
+
+def _student_row(key: RunKey) -> dict[str, Any]:
+    return {"run": key.name, "role": "student", "width": key.width, "kd": key.kd, "seed": key.seed}

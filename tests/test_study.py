@@ -1,0 +1,128 @@
+"""`distill study`: a micro study (3 tiny phantoms, 1 epoch, 1 student) produces the table, the plots and
+the measured fields, resumes without retraining, and rejects bad presets with a message naming the key."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from distillation.cli import main  # noqa: E402
+from distillation.study import load_study, parse_study  # noqa: E402
+from pacsnode.errors import ConfigError  # noqa: E402
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+MICRO = textwrap.dedent("""
+    name = "study-micro"
+    description = "Micro study for the tests."
+
+    [dataset]
+    kind = "brain"
+    cases = 3
+    test_cases = 1
+    spacing = "4"
+
+    [training]
+    preset = "brain-tiny"
+    teacher_epochs = 1
+    student_epochs = 1
+    batches_per_epoch = 1
+    num_workers = 0
+
+    [students]
+    runs = ["0.5:logit"]
+    seeds = [0]
+
+    [evaluation]
+    threads = 1
+    latency_cases = 1
+    latency_windows = 1
+
+    [report]
+    title = "Micro study"
+    stem = "micro"
+""")
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    config = root / "study-micro.toml"
+    config.write_text(MICRO)
+    work, docs = root / "work", root / "docs"
+    assert main(["study", str(config), "--work", str(work), "--docs", str(docs)]) == 0
+    return {"config": config, "work": work, "docs": docs}
+
+
+def test_study_writes_table_and_plots(micro: dict[str, Path]) -> None:
+    md = (micro["docs"] / "micro.md").read_text()
+    assert "| model | width | KD | seeds | parameters | GFLOPs/window | Dice whole_tumor |" in md
+    assert "| teacher | 1 (teacher) | - | 0 |" in md
+    assert "| student | 1/2 | logit | 0 |" in md
+    assert "## Targets, as measured" in md
+    for suffix in ("dice-params", "dice-latency", "curves"):
+        png = micro["docs"] / f"micro-{suffix}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png.name})" in md
+
+
+def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
+    results = json.loads((micro["work"] / "results.json").read_text())
+    rows = {r["run"]: r for r in results["rows"]}
+    assert set(rows) == {"teacher", "w0.5-logit-s0"}
+    assert results["pending"] == []
+    teacher, student = rows["teacher"], rows["w0.5-logit-s0"]
+    for row in (teacher, student):
+        assert set(row["dice"]) == {"whole_tumor", "tumor_core", "enhancing"}
+        assert set(row["hd95"]) == set(row["dice"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in row["dice"].values())
+        assert row["parameters"] > 0 and row["gflops_per_window"] > 0
+        assert row["latency_window_s"] > 0 and row["latency_case_s"] > 0
+        assert row["windows_per_case"] >= 1 and row["threads"] == 1 and row["cases"] == 1
+        assert row["epochs"] == 1 and len(row["curve"]) == 1
+        assert Path(row["model"]).is_file()
+    assert student["parameters"] < teacher["parameters"]
+    assert student["kd"] == "logit" and student["width"] == 0.5
+    card = json.loads(json.dumps(student))  # the row is plain JSON
+    assert card["role"] == "student"
+
+
+def test_study_resumes_without_retraining(micro: dict[str, Path]) -> None:
+    ckpt = micro["work"] / "students" / "w0.5-logit-s0" / "checkpoint_final.pt"
+    before = ckpt.stat().st_mtime_ns
+    (micro["docs"] / "micro.md").unlink()
+    assert main(["study", str(micro["config"]), "--work", str(micro["work"]), "--docs", str(micro["docs"])]) == 0
+    assert ckpt.stat().st_mtime_ns == before
+    assert (micro["docs"] / "micro.md").is_file()
+
+
+def test_bundled_study_presets_parse() -> None:
+    small = load_study("study-brain-small")
+    assert small.dataset.kind == "brain" and small.student_runs()
+    full = load_study("study-brain-full")
+    assert full.dataset.cases >= 200 and full.dataset.test_cases >= 40
+    assert {k.width for k in full.student_runs()} == {0.5, 0.25, 0.125}
+    assert {k.kd for k in full.student_runs()} == {"none", "logit", "sard", "ca", "logit+sard+ca"}
+    assert load_study("study-ct-small").dataset.kind == "ct"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"dataset": {"kindd": "brain"}}, r"dataset\.kindd is not a known setting in \[dataset\]"),
+    ({"dataset": {"kind": "liver"}}, r"dataset\.kind must be"),
+    ({"students": {"kd": ["logit", "magic"]}}, r"students\.kd must be recipes from none, logit"),
+    ({"students": {"runs": ["0.25:logit", "2:none"]}}, r"students\.runs\[1\] must be 'WIDTH:RECIPE'.*got '2:none'"),
+])
+def test_bad_study_preset_names_the_key(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_study(data)
+
+
+def test_cli_rejects_unknown_preset(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["study", "study-nope", "--work", str(tmp_path)]) == 2
+    assert "CONFIG must be a study preset file or a bundled study preset name, got 'study-nope'" in \
+        capsys.readouterr().err
