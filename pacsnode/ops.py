@@ -2,14 +2,16 @@
 
 * :class:`Metrics` — counters and per-stage timings, rendered in the Prometheus text format.
 * :func:`status_snapshot` — counts from the ledger (units, series, jobs, deliveries).
-* :class:`StatusServer` — a tiny stdlib HTTP server: ``/`` (JSON status), ``/metrics``,
-  ``/healthz``; started only when ``metrics.port`` is not 0.
+* :class:`StatusServer` — a tiny stdlib HTTP server: ``/`` (an HTML status page that
+  refreshes itself), ``/status`` (JSON), ``/metrics``, ``/healthz``; started only when
+  ``metrics.port`` is not 0.
 * :func:`sd_notify` — READY=1 / WATCHDOG=1 / STOPPING=1 through ``$NOTIFY_SOCKET``.
 * :func:`retention_sweep` — removes the spool files of finished units past their age.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ __all__ = [
     "Metrics",
     "status_snapshot",
     "StatusServer",
+    "status_page",
     "sd_notify",
     "watchdog_interval",
     "retention_sweep",
@@ -107,6 +110,71 @@ def status_snapshot(ledger: Ledger) -> dict[str, Any]:
     }
 
 
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>pacsnode status</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+th {{ background: #f3f3f3; }}
+.ok {{ color: #1a7f37; }} .bad {{ color: #cf222e; }}
+.failed {{ background: #ffebe9; }} .done, .sent {{ background: #dafbe1; }}
+</style></head><body>
+<h1>pacsnode <span class="{health_class}">{health}</span></h1>
+<p>{instances} instances in the ledger; {queue} jobs waiting. This page refreshes every 5 s.
+Also: <a href="/status">/status</a> (JSON), <a href="/metrics">/metrics</a>,
+<a href="/healthz">/healthz</a>.</p>
+<h2>Counts</h2>{counts}
+<h2>Latest units</h2>{units}
+<h2>Latest jobs</h2>{jobs}
+<h2>Latest deliveries</h2>{deliveries}
+<h2>Time per stage</h2>{timings}
+</body></html>
+"""
+
+
+def _html_table(header: list[str], rows: list[list[Any]], state_col: int | None = None) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for r in rows:
+        cls = f' class="{html.escape(str(r[state_col]))}"' if state_col is not None else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def status_page(ledger: Ledger, metrics: Metrics, healthy: bool, latest: int = 20) -> str:
+    """The node's status as a small self-refreshing HTML page (UIDs and AE titles only, no PHI)."""
+    snap = status_snapshot(ledger)
+    counts = [[kind, ", ".join(f"{k} {v}" for k, v in sorted(snap[kind].items())) or "none"]
+              for kind in ("units", "series", "jobs", "deliveries")]
+    units = [[u.uid, u.kind, u.state.value, u.instance_count, u.route or "-", _when(u.last_received_at),
+              u.reason or ""] for u in ledger.units()[-latest:][::-1]]
+    jobs = [[j.id, j.unit_uid, j.model_name, j.state.value, j.attempts, _when(j.updated_at),
+             j.last_error or ""] for j in ledger.jobs()[-latest:][::-1]]
+    deliveries = [[d.id, d.job_id, d.destination, os.path.basename(d.dataset_path), d.state.value,
+                   d.attempts, _when(d.updated_at), d.last_error or ""]
+                  for d in ledger.deliveries()[-latest:][::-1]]
+    timings = [[stage, int(t["count"]), f"{t['sum'] / max(t['count'], 1):.3f}"]
+               for stage, t in sorted(metrics.snapshot()["timings"].items())]
+    return _PAGE.format(
+        health="healthy" if healthy else "UNHEALTHY", health_class="ok" if healthy else "bad",
+        instances=snap["instances"], queue=snap["queue_depth"],
+        counts=_html_table(["what", "by state"], counts),
+        units=_html_table(["unit", "kind", "state", "instances", "route", "last received", "reason"], units, 2),
+        jobs=_html_table(["job", "unit", "model", "state", "tries", "updated", "last error"], jobs, 3),
+        deliveries=_html_table(["id", "job", "destination", "file", "state", "tries", "updated",
+                                "last error"], deliveries, 4),
+        timings=_html_table(["stage", "count", "mean s"], timings),
+    )
+
+
 def _gauges(status: dict[str, Any]) -> dict[str, float]:
     g: dict[str, float] = {"queue_depth": status["queue_depth"], "instances_in_ledger": status["instances"]}
     for kind in ("units", "jobs", "deliveries"):
@@ -131,9 +199,12 @@ class StatusServer:
                     elif self.path == "/metrics":
                         body = metrics_.render(_gauges(status_snapshot(ledger_))).encode()
                         self._send(200, "text/plain; version=0.0.4", body)
-                    elif self.path in ("/", "/status"):
+                    elif self.path == "/status":
                         body = json.dumps(status_snapshot(ledger_), indent=2).encode()
                         self._send(200, "application/json", body)
+                    elif self.path == "/":
+                        body = status_page(ledger_, metrics_, healthy_()).encode()
+                        self._send(200, "text/html; charset=utf-8", body)
                     else:
                         self._send(404, "text/plain", b"not found\n")
                 except Exception:
