@@ -71,6 +71,7 @@ from pacsnode.config import SecuritySettings, Settings, TlsSettings
 from pacsnode.errors import ConfigError, ReceiveError
 from pacsnode.ledger import InstanceRecord, Ledger, RecordOutcome, SeriesAttributes
 from pacsnode.ops import Metrics
+from pacsnode.reactor_wait import make_event_driven
 from pacsnode.spool import Spool
 
 __all__ = [
@@ -182,16 +183,106 @@ def _text(ds: Any, keyword: str) -> str:
     return str(v).strip()
 
 
-def read_header(data: bytes, transfer_syntax: str) -> Header:
+_FAST_KEYWORDS = {
+    0x00080005: "SpecificCharacterSet", 0x00080008: "ImageType", 0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID", 0x00080060: "Modality", 0x0008103E: "SeriesDescription",
+    0x00180015: "BodyPartExamined", 0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID",
+    0x00200011: "SeriesNumber",
+}
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                       b"UT", b"UV"))
+_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf-8"}
+
+
+def _scan_header(data: bytes | bytearray | memoryview, implicit: bool) -> dict[str, str] | None:
+    """The wanted top-level elements as text, walking the element headers of a Little Endian
+    data set without building a pydicom Dataset (about 30x faster on the receive path).
+
+    Returns None for anything it does not handle itself (an undefined length before
+    (0020,0011), a VR that is not two capital letters, a character set other than ASCII,
+    Latin-1 or UTF-8, bytes that are not text, a missing UID): the caller then parses with
+    pydicom, which knows every case.
+    """
+    unpack = struct.unpack_from
+    n = len(data)
+    pos = 0
+    raw: dict[int, bytes] = {}
+    while pos + 8 <= n:
+        group, elem = unpack("<HH", data, pos)
+        tag = group << 16 | elem
+        if tag > _LAST_WANTED:
+            break
+        if implicit:
+            (length,) = unpack("<I", data, pos + 4)
+            pos += 8
+        else:
+            vr = bytes(data[pos + 4:pos + 6])
+            if not (vr.isalpha() and vr.isupper()):
+                return None  # e.g. an Implicit VR data set sent as Explicit: pydicom copes
+            if vr in _LONG_VRS:
+                if pos + 12 > n:
+                    return None
+                (length,) = unpack("<I", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = unpack("<H", data, pos + 6)
+                pos += 8
+        if length == 0xFFFFFFFF or pos + length > n:
+            return None
+        if tag in _FAST_KEYWORDS:
+            raw[tag] = bytes(data[pos:pos + length])
+        pos += length
+    try:
+        codec = _CODECS.get(raw.get(0x00080005, b"").decode("ascii").strip(" \0"))
+        if codec is None:
+            return None
+        return {_FAST_KEYWORDS[t]: v.decode(codec).strip(" \0") for t, v in raw.items()}
+    except UnicodeDecodeError:
+        return None
+
+
+def _fast_header(data: bytes | bytearray | memoryview, implicit: bool) -> Header | None:
+    values = _scan_header(data, implicit)
+    if values is None:
+        return None
+    number = values.get("SeriesNumber", "")
+    try:
+        series_number = int(number) if number else None
+    except ValueError:
+        return None  # pydicom decides what an odd IS value means
+    uids = {k: values.get(k, "") for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                                           "SeriesInstanceUID")}
+    if not all(uids.values()):
+        return None  # pydicom's reading is the one that refuses it
+    image_type = values.get("ImageType")
+    attrs = SeriesAttributes(
+        modality=values.get("Modality", ""),
+        series_description=values.get("SeriesDescription", ""),
+        body_part=values.get("BodyPartExamined", ""),
+        image_type=tuple(v.strip() for v in image_type.split("\\")) if image_type else (),
+        sop_class_uid=uids["SOPClassUID"],
+        series_number=series_number,
+    )
+    return Header(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"],
+                  uids["SeriesInstanceUID"], attrs)
+
+
+def read_header(data: bytes | bytearray | memoryview, transfer_syntax: str) -> Header:
     """Parse the header of an encoded data set (no file meta) in ``transfer_syntax``.
 
+    Explicit and Implicit VR Little Endian data sets go through a small element walker;
+    everything else (deflated, undefined lengths, other character sets) through pydicom.
     Raises :class:`ReceiveError` when the bytes cannot be decoded or a UID is missing.
     """
+    if transfer_syntax != DeflatedExplicitVRLittleEndian:
+        header = _fast_header(data, transfer_syntax == ImplicitVRLittleEndian)
+        if header is not None:
+            return header
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
         implicit = transfer_syntax == ImplicitVRLittleEndian
-        ds = read_dataset(BytesIO(data), implicit, True, stop_when=_stop, specific_tags=_WANTED)
+        ds = read_dataset(BytesIO(bytes(data)), implicit, True, stop_when=_stop, specific_tags=_WANTED)
         uids = {k: _text(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                                           "SeriesInstanceUID")}
         image_type = ds.get("ImageType")
@@ -350,6 +441,7 @@ class Receiver:
 
     def handle_conn_open(self, event: Any) -> None:
         _tune_socket(event.assoc)
+        make_event_driven(event.assoc)
 
     def handle_established(self, event: Any) -> None:
         with self._lock:
@@ -416,7 +508,14 @@ class Receiver:
         request = event.request
         ts = event.context.transfer_syntax  # the accepted one (a UID)
         ts = str(ts if isinstance(ts, str) else ts[0])
-        data = request.DataSet.getvalue()
+        data = request.DataSet.getbuffer()  # a view: the instance's bytes are not copied
+        try:
+            return self._store_bytes(event, data, ts)
+        finally:
+            data.release()
+
+    def _store_bytes(self, event: Any, data: memoryview, ts: str) -> int:
+        request = event.request
         try:
             header = read_header(data, ts)
         except ReceiveError as exc:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pacsnode.errors import ReceiveError
@@ -79,14 +79,14 @@ class Spool:
             if self.fsync:
                 _fsync_dir(d.parent)
 
-    def write(self, path: Path, chunks: bytes | list[bytes] | tuple[bytes, ...]) -> int:
+    def write(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview]) -> int:
         """Write ``chunks`` to ``path`` atomically and durably; returns the bytes written.
 
         Raises :class:`OSError` (e.g. ``ENOSPC``) after removing the temporary file, so
         nothing partial is left behind.
         """
         if isinstance(chunks, bytes | bytearray | memoryview):
-            chunks = [bytes(chunks)]
+            chunks = [chunks]
         self._ensure_dir(path.parent)
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}{_PART_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
