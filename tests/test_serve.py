@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import REPO, dcmtk, free_port
+from onnx_models import make_card, threshold_model
 from pydicom.data import get_testdata_file
 
 from pacsnode.ledger import Ledger
@@ -30,9 +31,14 @@ PACSNODE = [sys.executable, "-m", "pacsnode"]
 
 def write_config(tmp: Path, port: int, *, stable: float = 1.5, extra: dict[str, str] | None = None,
                  tail: str = "") -> Path:
-    """A test config made from the shipped config.toml with a few keys replaced."""
+    """A test config made from the shipped config.toml with a few keys replaced: the route runs
+    a tiny known-output model on MR series described "T1" and writes SEG + SR, sent nowhere."""
+    model = tmp / "t1-threshold.onnx"
+    threshold_model(model, make_card(channels=1, labels=1, patch_size=(16, 32, 32)), threshold=100.0)
     text = (REPO / "config.toml").read_text()
     subs = {
+        r'file = "builtin:brain-tumor"': f'file = "{model}"',
+        r'destinations = \["pacs"\]': "destinations = []",
         r'state_dir = "var/pacsnode"': f'state_dir = "{tmp / "state"}"',
         r"\nport = 11112": f"\nport = {port}",
         r"\nport = 8080": "\nport = 0",
