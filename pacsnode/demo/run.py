@@ -100,8 +100,12 @@ def _stages(state_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
         "network (sliding window)": t.get("network", 0.0),
         "resample back + postprocess": t.get("resample_back", 0.0) + t.get("postprocess", 0.0),
         "SEG + SR": t.get("results", 0.0),
-        "total: last instance → stored in PACS": done - last,
     }
+    timer = stages["stable timer"]
+    stages["routing, queue, C-STORE to the PACS"] = max(
+        0.0, done - last - timer - sum(v for k, v in stages.items() if k not in ("stable timer",
+                                                                               "receive (first → last instance)")))
+    stages["total: last instance → stored in PACS"] = done - last
     return stages, run
 
 
