@@ -235,6 +235,17 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     source: Path | None = None
 
+    def model_file(self, name: str) -> str:
+        """Where [models.NAME] lives: ``builtin:NAME`` as written, or an absolute path (a relative
+        one is relative to the config file)."""
+        file = self.models[name].file
+        if file.startswith("builtin:"):
+            return file
+        path = Path(file).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.resolve().parent / path
+        return str(path)
+
 
 def load_settings(path: str | Path) -> Settings:
     """Read and validate a config file; relative paths in it are relative to the file."""

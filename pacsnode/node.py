@@ -23,9 +23,10 @@ from typing import Any
 
 import pydicom
 
-from pacsnode.config import ModelEntry, Settings
+from pacsnode.config import Settings
 from pacsnode.dispatcher import DELIVERY_HANDLER, Dispatcher
-from pacsnode.errors import LedgerError
+from pacsnode.errors import LedgerError, ModelError
+from pacsnode.inference.model import resolve_model_path
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
 from pacsnode.ops import (
     Metrics,
@@ -62,21 +63,15 @@ UPKEEP_SECONDS = 15.0
 _DIGESTS: dict[tuple[str, float, int], str] = {}
 
 
-def model_sha256(entry: ModelEntry, base_dir: Path | None = None) -> str:
-    """sha256 of a model file (cached by path, mtime and size). A model that cannot be found
-    yet ("builtin:NAME" not shipped, a path not there) is keyed by its name instead, so the
-    ledger still has a stable job key; the job itself will fail and say why."""
-    f = entry.file
-    if f.startswith("builtin:"):
-        path = Path(__file__).parent / "models" / f"{f.removeprefix('builtin:')}.onnx"
-    else:
-        path = Path(f).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+def model_sha256(file: str) -> str:
+    """sha256 of a model file (``builtin:NAME`` or a path; cached by path, mtime and size). A
+    model that cannot be found yet is keyed by its name instead, so the ledger still has a
+    stable job key; the job itself will fail and say why."""
     try:
+        path = resolve_model_path(file)
         st = path.stat()
-    except OSError:
-        return hashlib.sha256(f"unresolved:{f}".encode()).hexdigest()
+    except (ModelError, OSError):
+        return hashlib.sha256(f"unresolved:{file}".encode()).hexdigest()
     key = (str(path), st.st_mtime, st.st_size)
     if key not in _DIGESTS:
         h = hashlib.sha256()
@@ -265,10 +260,8 @@ class Node:
                 LOG.info("unit %s ignored: no route matches", unit_uid)
             else:
                 route = chosen.route
-                entry = self.settings.models[route.model]
-                base = self.settings.source.resolve().parent if self.settings.source else None
                 job = self.ledger.queue_job(unit_uid, route=route.name, model_name=route.model,
-                                            model_sha256=model_sha256(entry, base))
+                                            model_sha256=model_sha256(self.settings.model_file(route.model)))
                 LOG.info("unit %s routed to %s: job %d queued", unit_uid, route.name, job.id)
                 self.runner.submit(job.id)
         except LedgerError as exc:

@@ -86,9 +86,7 @@ class Processor:
     def model(self, name: str) -> Model:
         """The loaded model of a [models] entry (one ONNX Runtime session per model, reused)."""
         entry = self.settings.models[name]
-        file = entry.file
-        if not file.startswith("builtin:") and not Path(file).is_absolute() and self.settings.source:
-            file = str(self.settings.source.resolve().parent / file)
+        file = self.settings.model_file(name)
         with self._lock:
             cached = self._models.get(name)
             if cached is None or not _same_file(cached.path, file):
