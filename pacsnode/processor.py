@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
@@ -32,6 +31,7 @@ from pacsnode.errors import InferenceError
 from pacsnode.inference import Model, run
 from pacsnode.ledger import JobRow, Ledger
 from pacsnode.results import segment_volumes_ml, write_seg, write_sr
+from pacsnode.results.nifti import write_nifti
 from pacsnode.volume import Volume, read_series, scan_series, select_series
 
 __all__ = ["Processor", "RunSummary", "RUN_SUMMARY", "result_uids"]
@@ -185,7 +185,7 @@ class Processor:
             )
             written["sr"] = _save(sr, out / "sr.dcm")
         if "nifti" in route.outputs:
-            written["nifti"] = _save_nifti(prediction.labels, prediction.affine, out / "labels.nii.gz")
+            written["nifti"] = write_nifti(prediction.labels, prediction.affine, out / "labels.nii.gz")
         return written
 
 
@@ -199,17 +199,6 @@ def _save(ds: pydicom.Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     with path.open("rb") as fh:
         os.fsync(fh.fileno())
-    return path
-
-
-def _save_nifti(labels: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
-    import nibabel as nib
-
-    # [k, i, j] with an LPS affine → nibabel's (x, y, z) = (j, i, k) with a RAS affine
-    perm = np.zeros((4, 4))
-    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1.0
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps @ perm
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), ras), str(path))
     return path
 
 

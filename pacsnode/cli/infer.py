@@ -7,14 +7,14 @@ import re
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from pacsnode.inference import Model, run
+from pacsnode.results.nifti import write_nifti
 from pacsnode.volume import Volume, read_series, select_series
 
-__all__ = ["register", "affine_lps_to_ras_nifti", "write_nifti"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,24 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_infer)
-
-
-def affine_lps_to_ras_nifti(affine_lps: np.ndarray) -> np.ndarray:
-    """The NIfTI affine of array.transpose(2, 1, 0) (TEAM.md): diag(-1,-1,1,1) @ A_lps @ P."""
-    perm = np.zeros((4, 4))
-    perm[0, 2] = perm[1, 1] = perm[2, 0] = perm[3, 3] = 1  # (j, i, k) -> (k, i, j)
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps @ perm
-
-
-def write_nifti(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
-    """Write a [k, i, j] (or [C, k, i, j]) array as NIfTI in the team's convention."""
-    data = array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(3, 2, 1, 0)
-    img = nib.Nifti1Image(np.ascontiguousarray(data), affine_lps_to_ras_nifti(affine_lps))
-    img.header.set_xyzt_units("mm")
-    if array.dtype == np.uint8:
-        img.header.set_intent("label")
-    nib.save(img, str(path))
-    return path
 
 
 def _infer(args: argparse.Namespace) -> int:
