@@ -32,6 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine, event
 
 from pacsnode.config import SchedulerSettings
+from pacsnode.delivery.outbox import backoff_seconds
 from pacsnode.errors import LedgerError
 from pacsnode.ledger import JobRow, Ledger
 from pacsnode.states import JobState
@@ -83,8 +84,7 @@ def backoff_delay(attempt: int, settings: SchedulerSettings) -> float:
     """Seconds to wait after the ``attempt``-th failed attempt (1-based), capped."""
     if attempt < 1:
         raise ValueError(f"attempt must be at least 1, got {attempt}")
-    delay = settings.backoff_seconds * settings.backoff_multiplier ** (attempt - 1)
-    return float(min(delay, settings.max_backoff_seconds))
+    return backoff_seconds(attempt, settings)  # jobs and deliveries share one retry policy
 
 
 def _wal(dbapi_conn: Any, _record: Any) -> None:
