@@ -30,8 +30,9 @@ from pacsnode.config import Route, Settings
 from pacsnode.errors import InferenceError
 from pacsnode.inference import Model, run
 from pacsnode.ledger import JobRow, Ledger
-from pacsnode.results import segment_volumes_ml, write_seg, write_sr
+from pacsnode.results import segment_volumes_ml
 from pacsnode.results.nifti import write_nifti
+from pacsnode.results.run_outputs import seg_for_run, sr_for_run
 from pacsnode.volume import Volume, read_series, scan_series, select_series
 
 __all__ = ["Processor", "RunSummary", "RUN_SUMMARY", "result_uids"]
@@ -160,29 +161,19 @@ class Processor:
 
     def _write_outputs(self, job: JobRow, route: Route, model: Model, volumes: Sequence[Volume],
                        prediction: Any, out: Path) -> dict[str, Path]:
-        reference = volumes[0]
-        further = [ds for v in volumes[1:] for ds in v.datasets]
-        # one Enhanced multi-frame source: tell the SEG which frame each slice is
-        frames = [f for _, f in reference.frames] if len(reference.datasets) == 1 and reference.frames else None
         written: dict[str, Path] = {}
         seg = None
         if "seg" in route.outputs or "sr" in route.outputs:
             series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "seg")
-            seg = write_seg(
-                reference.datasets, prediction.labels, model.card, model_sha256=model.sha256,
-                seg_type=route.seg_type, probabilities=prediction.probabilities,
-                further_source_datasets=further, source_frames=frames,
-                series_instance_uid=series_uid, sop_instance_uid=sop_uid,
-                device_serial_number=self.settings.node.ae_title,
-            )
+            seg = seg_for_run(volumes, prediction, model.card, model_sha256=model.sha256,
+                              seg_type=route.seg_type, series_instance_uid=series_uid,
+                              sop_instance_uid=sop_uid, device_serial_number=self.settings.node.ae_title)
             if "seg" in route.outputs:
                 written["seg"] = _save(seg, out / "seg.dcm")
         if "sr" in route.outputs and seg is not None:
             series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "sr")
-            sr = write_sr(
-                seg, prediction.labels, model.card, reference.datasets, model_sha256=model.sha256,
-                affine=prediction.affine, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
-            )
+            sr = sr_for_run(seg, volumes, prediction, model.card, model_sha256=model.sha256,
+                            series_instance_uid=series_uid, sop_instance_uid=sop_uid)
             written["sr"] = _save(sr, out / "sr.dcm")
         if "nifti" in route.outputs:
             written["nifti"] = write_nifti(prediction.labels, prediction.affine, out / "labels.nii.gz")

@@ -68,3 +68,28 @@ def test_model_check_fails_with_exit_2(tmp_path, capsys):
     assert main(["model", "check", str(tmp_path / "bad.onnx")]) == 2
     err = capsys.readouterr().err
     assert "model card field activation must name an output activation, got 'tanh'; valid: softmax, sigmoid" in err
+
+
+def test_infer_seg_writes_a_seg_aligned_with_the_source_and_an_sr(tmp_path, capsys):
+    import highdicom as hd
+    import pydicom
+
+    from pacsnode.volume import read_series
+
+    aff = affine_for("sagittal", spacing=(2.0, 1.0, 1.0), flip=True)
+    write(tmp_path, "T1", sphere_array(aff, center=np.array([-1.3, -1.1, -0.4])), aff)
+    threshold_model(tmp_path / "m.onnx", make_card(1, 1, normalization=NORM, target_spacing=(2.0, 1.0, 1.0),
+                                                   patch_size=(8, 8, 8)))
+    rc = main(["infer", str(tmp_path / "T1"), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "out"),
+               "--threads", "1", "--no-progress", "--seg"])
+    assert rc == 0, capsys.readouterr().err
+    [seg_file] = (tmp_path / "out").glob("*_seg.dcm")
+    [sr_file] = (tmp_path / "out").glob("*_sr.dcm")
+    labels = np.asarray(nib.load(next((tmp_path / "out").glob("*_labels.nii.gz"))).dataobj).transpose(2, 1, 0)
+    source = read_series(tmp_path / "T1")
+    seg = hd.seg.segread(seg_file)
+    got = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in source.datasets], combine_segments=True)
+    assert labels.sum() > 0
+    np.testing.assert_array_equal(got, labels)
+    assert pydicom.dcmread(sr_file).Modality == "SR"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pacsnode.inference import Model, run
+from pacsnode.inference import Model, Prediction, run
 from pacsnode.results.nifti import write_nifti
 from pacsnode.volume import Volume, read_series, select_series
 
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float32)")
+    p.add_argument("--seg", choices=["binary", "fractional", "labelmap"], nargs="?", const="binary",
+                   help="also write a DICOM SEG (default BINARY) and its TID 1500 volume SR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_infer)
 
@@ -47,7 +49,8 @@ def _infer(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
     try:
-        pred = run(model, volumes, return_probabilities=args.probabilities, progress=progress)
+        pred = run(model, volumes, return_probabilities=args.probabilities or args.seg == "fractional",
+                   progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -57,6 +60,8 @@ def _infer(args: argparse.Namespace) -> int:
     path = write_nifti(pred.labels, pred.affine, args.out / f"{stem}_labels.nii.gz")
     if pred.probabilities is not None:
         write_nifti(pred.probabilities, pred.affine, args.out / f"{stem}_probabilities.nii.gz")
+    if args.seg:
+        _write_dicom(model, volumes, pred, args.seg, args.out / f"{stem}_seg.dcm", args.out / f"{stem}_sr.dcm")
     t_write = time.perf_counter() - t0
     timings = {"load model": t_load, "read": t_read, **pred.timings, "write": t_write}
     total = sum(timings.values())
@@ -69,3 +74,16 @@ def _infer(args: argparse.Namespace) -> int:
         print(f"  label {lab.value:>3} {lab.name:<18} {int(counts[lab.value]):>10} voxels")
     print("  timings  " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()) + f", total {total:.2f} s")
     return 0
+
+
+
+def _write_dicom(model: Model, volumes: list[Volume], pred: Prediction, seg_type: str, seg_path: Path,
+                 sr_path: Path) -> None:
+    from pacsnode.results.run_outputs import seg_for_run, sr_for_run
+
+    seg = seg_for_run(volumes, pred, model.card, model_sha256=model.sha256, seg_type=seg_type)
+    seg.save_as(seg_path, enforce_file_format=True)
+    sr = sr_for_run(seg, volumes, pred, model.card, model_sha256=model.sha256)
+    sr.save_as(sr_path, enforce_file_format=True)
+    print(f"wrote {seg_path}")
+    print(f"wrote {sr_path}")
