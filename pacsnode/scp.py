@@ -451,8 +451,10 @@ class Receiver:
     def handle_rejected(self, event: Any) -> None:
         self.metrics.inc("associations_rejected_total")
         rq = event.assoc.requestor
+        # the called AE title the peer asked for (not ours), from its A-ASSOCIATE-RQ
+        called = getattr(getattr(rq, "primitive", None), "called_ae_title", None) or event.assoc.acceptor.ae_title
         AUDIT.warning("association rejected: calling AE %r called AE %r from %s:%s",
-                      rq.ae_title, event.assoc.acceptor.ae_title, rq.address, rq.port)
+                      rq.ae_title, str(called).strip(), rq.address, rq.port)
 
     def handle_ended(self, event: Any) -> None:
         with self._lock:
