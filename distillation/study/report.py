@@ -115,16 +115,24 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
 def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
     structures = entries[0]["structures"] if entries else []
     head = ["model", "width", "KD", "seeds", "parameters", "GFLOPs/window"]
-    head += [f"Dice {s}" for s in structures] + ["mean Dice"] + [f"HD95 {s} (mm)" for s in structures]
-    head += ["latency/window (s)", "latency/case (s)", "last val Dice", "train (min)"]
+    head += [f"Dice {s}" for s in structures] + ["mean Dice", "% of teacher"]
+    head += [f"HD95 {s} (mm)" for s in structures]
+    head += ["latency/window (s)", "latency/case (s)", "vs teacher", "last val Dice", "train (min)"]
+    teacher = next((e for e in entries if e["role"] == "teacher"), None)
+    t_dice = teacher["mean_dice"][0] if teacher else None
+    t_case = teacher["latency_case_s"][0] if teacher else None
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         train = e["train_seconds"]
         cells = [e["role"], _width(e["width"]), e["kd"], ",".join(str(s) for s in e["seeds"]),
                  f"{e['parameters']:,}", f"{e['gflops_per_window']:.2f}"]
+        dice, case = e["mean_dice"][0], e["latency_case_s"][0]
         cells += [_fmt(e["dice"][s]) for s in structures] + [_fmt(e["mean_dice"])]
+        cells += [f"{100 * dice / t_dice:.1f} %" if dice is not None and t_dice else "n/a"]
         cells += [_fmt(e["hd95"][s], 1) for s in structures]
-        cells += [_fmt(e["latency_window_s"], 3), _fmt(e["latency_case_s"], 2), _fmt(e["final_val_dice"]),
+        cells += [_fmt(e["latency_window_s"], 3), _fmt(e["latency_case_s"], 2)]
+        cells += [f"{100 * (case / t_case - 1):+.0f} %" if case is not None and t_case else "n/a"]
+        cells += [_fmt(e["final_val_dice"]),
                   _fmt((train[0] / 60 if train[0] is not None else None,
                         train[1] / 60 if train[1] is not None else None), 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -168,13 +176,13 @@ def _plots(config: StudyConfig, entries: Sequence[dict[str, Any]], docs: Path) -
         for seed, curve in e["curves"]:
             suffix = f" s{seed}" if len(e["curves"]) > 1 else ""
             ep = [c["epoch"] + 1 for c in curve if c.get("train_total") is not None]
-            ax1.plot(ep, [c["train_total"] for c in curve if c.get("train_total") is not None], label=label + suffix)
+            ax1.plot(ep, [c["train_total"] for c in curve if c.get("train_total") is not None], marker=".",
+                     label=label + suffix)
             val = [(c["epoch"] + 1, c["val_dice"]) for c in curve if c.get("val_dice") is not None]
             if val:
                 ax2.plot([v[0] for v in val], [v[1] for v in val], marker=".", label=label + suffix)
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss (segmentation + KD terms)")
-    ax1.set_yscale("log")
+    ax1.set_ylabel("training loss (CE - soft Dice + KD terms)")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation pseudo-Dice (patches)")
     ax2.set_ylim(0, 1)
