@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from distillation.data.augment import AugmentConfig
 from distillation.losses.kd import KDConfig
-from pacsnode.config import _build  # the one key-naming walker
+from pacsnode.config import build_dataclass  # the one key-naming walker
 from pacsnode.errors import ConfigError
 
 __all__ = [
@@ -120,7 +120,7 @@ class Preset:
 
 def parse_preset(data: Mapping[str, Any]) -> Preset:
     """Validate a parsed TOML document into a :class:`Preset` (the mapping is not mutated)."""
-    return Preset(**_build(Preset, dict(data), "", None))
+    return Preset(**build_dataclass(Preset, dict(data)))
 
 
 def preset_path(name_or_path: str | Path) -> Path:

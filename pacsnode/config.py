@@ -40,6 +40,7 @@ __all__ = [
     "MetricsSettings",
     "load_settings",
     "parse_settings",
+    "build_dataclass",
 ]
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
@@ -352,6 +353,15 @@ def _convert(tp: Any, value: Any, key: str, base_dir: Path | None) -> Any:
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return tp(**_build(tp, value, key, base_dir))
     raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # pragma: no cover
+
+
+def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str = "",
+                    base_dir: Path | None = None) -> dict[str, Any]:
+    """Validate ``data`` against the fields of the dataclass ``cls`` (nested dataclasses, tuples,
+    mappings, Literal, Path…) and return the constructor's keyword arguments. Every error is a
+    :class:`ConfigError` naming the key (``prefix.key``). Other typed configs (the training
+    presets) reuse this walker rather than writing their own."""
+    return _build(cls, data, prefix, base_dir)
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str, base_dir: Path | None) -> dict[str, Any]:
