@@ -16,7 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
     dcmtk orthanc dicom3tools dcm2niix >/dev/null
   # Orthanc's Debian package starts a system service on 4242/8042; the demo and the tests
   # start their own instances on free ports, so the packaged one is not needed.
