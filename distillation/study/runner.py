@@ -195,7 +195,6 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
     one; ``report_only`` trains nothing and reports what is finished; ``max_students`` stops after
     that many student runs have been trained in this call (the rest are listed as pending).
     """
-    from distillation.study.report import write_report
     from distillation.train import distill, train_teacher
 
     work, docs = Path(work), Path(docs)
@@ -236,9 +235,19 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
                 resume=resume))
             trained += spent > 0
             _measure(config, out, dataset, _student_row(key))
-    else:
-        done = {r["run"] for r in collect_rows(work)}
-        pending = [k.name for k in config.student_runs() if k.name not in done]
+            _report(config, work, docs, _not_done(config, work))  # an interrupted study still has a report
+        return _report(config, work, docs, pending)
+    return _report(config, work, docs, _not_done(config, work))
+
+
+def _not_done(config: StudyConfig, work: Path) -> list[str]:
+    done = {r["run"] for r in collect_rows(work)}
+    return [k.name for k in config.student_runs() if k.name not in done]
+
+
+def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str]) -> StudyResult:
+    from distillation.study.report import write_report
+
     rows = collect_rows(work)
     _atomic_json(work / "results.json", {"study": config.to_json(), "rows": rows, "pending": pending})
     markdown, plots = write_report(config, rows, pending, docs, work)
