@@ -123,28 +123,39 @@ def parse_preset(data: Mapping[str, Any]) -> Preset:
     return Preset(**build_dataclass(Preset, dict(data)))
 
 
-def preset_path(name_or_path: str | Path) -> Path:
-    """A file path as given, or the name of a bundled preset (``brain-tiny`` → presets/brain-tiny.toml)."""
+def bundled_toml(name_or_path: str | Path, *, prefix: str = "", what: str = "--config",
+                 kind: str = "preset") -> Path:
+    """A ``.toml`` file path as given, or the name of a preset bundled in ``distillation/presets``
+    (``brain-tiny`` → presets/brain-tiny.toml); only bundled names starting with ``prefix`` count."""
     p = Path(name_or_path)
     if p.suffix == ".toml" and p.exists():
         return p
-    bundled = resources.files("distillation") / "presets" / f"{p.name.removesuffix('.toml')}.toml"
-    if bundled.is_file():
+    presets = resources.files("distillation") / "presets"
+    bundled = presets / f"{p.name.removesuffix('.toml')}.toml"
+    if p.name.startswith(prefix) and bundled.is_file():
         return Path(str(bundled))
-    names = sorted(x.name[:-5] for x in (resources.files("distillation") / "presets").iterdir()
-                   if x.name.endswith(".toml"))
-    raise ConfigError(f"--config must be a preset file or a bundled preset name, got {str(name_or_path)!r}; "
+    names = sorted(x.name[:-5] for x in presets.iterdir()
+                   if x.name.startswith(prefix) and x.name.endswith(".toml"))
+    raise ConfigError(f"{what} must be a {kind} file or a bundled {kind} name, got {str(name_or_path)!r}; "
                       f"bundled: {', '.join(names)}")
+
+
+def read_toml(path: Path, what: str = "preset") -> dict[str, Any]:
+    """Parse a preset file; invalid TOML is one ConfigError naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A file path as given, or the name of a bundled preset (``brain-tiny`` → presets/brain-tiny.toml)."""
+    return bundled_toml(name_or_path)
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
     """Read and validate a preset file (or a bundled preset by name)."""
-    path = preset_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"preset {path} is not valid TOML: {exc}") from None
-    return parse_preset(data)
+    return parse_preset(read_toml(preset_path(name_or_path)))
 
 
 _KD_TERMS = ("logit", "sard", "ca")

@@ -12,14 +12,13 @@ Walked with pacsnode's config walker, so a misspelt key or a wrong value is one
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pacsnode.config import _build  # the one key-naming walker
+from distillation.config import bundled_toml, read_toml
+from pacsnode.config import build_dataclass  # the one key-naming walker
 from pacsnode.errors import ConfigError
 
 __all__ = ["DatasetSpec", "TrainingSpec", "StudentsSpec", "EvaluationSpec", "ReportSpec", "StudyConfig",
@@ -146,30 +145,17 @@ def _parse_run(text: str, i: int) -> tuple[float, str]:
 
 def parse_study(data: Mapping[str, Any]) -> StudyConfig:
     """Validate a parsed TOML document into a :class:`StudyConfig` (the mapping is not mutated)."""
-    config = StudyConfig(**_build(StudyConfig, dict(data), "", None))
+    config = StudyConfig(**build_dataclass(StudyConfig, dict(data)))
     config.student_runs()  # validates students.runs
     return config
 
 
 def study_path(name_or_path: str | Path) -> Path:
     """A file path as given, or a bundled study preset's name (``study-brain-small``)."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" and p.exists():
-        return p
-    presets = resources.files("distillation") / "presets"
-    bundled = presets / f"{p.name.removesuffix('.toml')}.toml"
-    if p.name.startswith("study-") and bundled.is_file():
-        return Path(str(bundled))
-    names = sorted(x.name[:-5] for x in presets.iterdir() if x.name.startswith("study-") and x.name.endswith(".toml"))
-    raise ConfigError(f"CONFIG must be a study preset file or a bundled study preset name, got "
-                      f"{str(name_or_path)!r}; bundled: {', '.join(names)}")
+    return bundled_toml(name_or_path, prefix="study-", what="CONFIG", kind="study preset")
 
 
 def load_study(name_or_path: str | Path) -> StudyConfig:
     """Read and validate a study preset (a file or a bundled name)."""
-    path = study_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"study preset {path} is not valid TOML: {exc}") from None
+    data = read_toml(study_path(name_or_path), "study preset")
     return parse_study(data)
