@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed (case i uses seed + i)")
     p.add_argument("--spacing", default=None,
                    help="mm, one number or z,y,x (default: brain 2, ct 3,2,2)")
+    p.add_argument("--tumor-radius", default=None, metavar="LO,HI",
+                   help="brain only: whole-tumor radius range in mm, drawn log-uniformly (default 2.5,35)")
     p.add_argument("--dataset-id", type=int, default=None, help="nnU-Net dataset id (default brain 501, ct 502)")
     p.add_argument("--name", default=None, help="nnU-Net dataset name")
     p.add_argument("--dicom", action="store_true", help="also write each case as a DICOM study under OUT/dicom")
@@ -46,11 +48,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _generate(kind: str, seed: int, spacing: tuple[float, float, float]) -> PhantomCase:
+def _tumor_radius(text: str | None, kind: str) -> tuple[float, float] | None:
+    """``--tumor-radius LO,HI`` → (lo, hi) mm; None keeps the phantom's default range."""
+    if text is None or text == "":
+        return None
+    if kind != "brain":
+        raise ValueError(f"--tumor-radius applies to brain phantoms, got kind {kind!r}")
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--tumor-radius must be LO,HI in mm, got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"--tumor-radius must be LO,HI with 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _generate(kind: str, seed: int, spacing: tuple[float, float, float],
+              tumor_radius: tuple[float, float] | None = None) -> PhantomCase:
     if kind == "brain":
         from distillation.phantoms.brain import generate_brain_case
 
-        return generate_brain_case(seed, spacing)
+        if tumor_radius is None:
+            return generate_brain_case(seed, spacing)
+        return generate_brain_case(seed, spacing, tumor_radius_mm=tumor_radius)
     from distillation.phantoms.ct import generate_ct_case
 
     return generate_ct_case(seed, spacing)
@@ -68,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--orientation, --flip-slices, --enhanced and --compress apply to DICOM: add --dicom")
     default_id, default_name, default_spacing = _DEFAULTS[args.kind]
     spacing = parse_spacing(args.spacing or default_spacing)
+    tumor_radius = _tumor_radius(getattr(args, "tumor_radius", None), args.kind)
     folder = dataset_folder(args.out, args.dataset_id or default_id, args.name or default_name)
     jobs = [(f"case_{i:04d}", args.seed + i, False) for i in range(args.cases)]
     jobs += [(f"case_{args.cases + i:04d}", args.seed + TEST_SEED_OFFSET + i, True)
              for i in range(args.test_cases)]
     first: PhantomCase | None = None
     for identifier, seed, test in tqdm(jobs, desc=f"{args.kind} phantoms", unit="case"):
-        case = _generate(args.kind, seed, spacing)
+        case = _generate(args.kind, seed, spacing, tumor_radius)
         first = first or case
         write_case(case, folder, identifier, test=test)
         if args.dicom:

@@ -163,3 +163,24 @@ def test_cli_cases_do_not_depend_on_the_number_asked_for(tmp_path, capsys):
 def test_cli_refuses_dicom_options_without_dicom(tmp_path, capsys):
     assert distill(["phantoms", "brain", "--cases", "1", "--out", str(tmp_path), "--enhanced"]) == 2
     assert "--enhanced and --compress apply to DICOM: add --dicom" in capsys.readouterr().err
+
+
+def test_cli_tumor_radius_bounds_the_lesions(tmp_path):
+    assert distill(["phantoms", "brain", "--cases", "2", "--out", str(tmp_path), "--spacing", "4",
+                    "--tumor-radius", "12,14"]) == 0
+    for i in range(2):
+        labels = nib.load(tmp_path / "Dataset501_BrainTumorPhantom" / "labelsTr" / f"case_{i:04d}.nii.gz")
+        whole_mm3 = float((np.asarray(labels.dataobj) > 0).sum()) * 4.0**3
+        # an irregular, white-matter-shaped edema of radius 12-14 mm: far above a 2.5 mm lesion
+        assert whole_mm3 > 1000.0
+
+
+@pytest.mark.parametrize("value", ["8", "9,3", "0,10", "a,b"])
+def test_cli_refuses_bad_tumor_radius(tmp_path, capsys, value):
+    assert distill(["phantoms", "brain", "--cases", "1", "--out", str(tmp_path), "--tumor-radius", value]) == 2
+    assert "--tumor-radius must be LO,HI" in capsys.readouterr().err
+
+
+def test_cli_tumor_radius_is_brain_only(tmp_path, capsys):
+    assert distill(["phantoms", "ct", "--cases", "1", "--out", str(tmp_path), "--tumor-radius", "8,35"]) == 2
+    assert "--tumor-radius applies to brain phantoms" in capsys.readouterr().err

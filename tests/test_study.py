@@ -109,6 +109,9 @@ def test_bundled_study_presets_parse() -> None:
     assert {k.width for k in full.student_runs()} == {0.5, 0.25, 0.125}
     assert {k.kd for k in full.student_runs()} == {"none", "logit", "sard", "ca", "logit+sard+ca"}
     assert load_study("study-ct-small").dataset.kind == "ct"
+    cpu = load_study("study-brain-cpu")
+    assert cpu.dataset.tumor_radius_mm == "8,35" and cpu.training.preset == "brain-cpu-adamw"
+    assert [k.name for k in cpu.student_runs()][:2] == ["w0.25-none-s0", "w0.25-logit+sard+ca-s0"]
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -50,6 +50,7 @@ class DatasetSpec:
     test_cases: int = field(default=40, metadata=_positive())
     spacing: str = ""  # mm, "2" or "3,2,2"; "" = the phantom's default
     seed: int = 0
+    tumor_radius_mm: str = ""  # brain only: "LO,HI" whole-tumor radius range; "" = the phantom's (2.5,35)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ def _ensure_dataset(config: StudyConfig, work: Path) -> Path:
     d = config.dataset
     log.info("study: generating %d + %d %s phantoms in %s", d.cases, d.test_cases, d.kind, folder)
     phantoms(argparse.Namespace(kind=d.kind, cases=d.cases, test_cases=d.test_cases, out=work / "data", seed=d.seed,
-                                spacing=d.spacing or None, dataset_id=None, name=None, dicom=False,
+                                spacing=d.spacing or None, tumor_radius=d.tumor_radius_mm or None,
+                                dataset_id=None, name=None, dicom=False,
                                 orientation=None, flip_slices=False, enhanced=False, compress=None))
     return folder
 
