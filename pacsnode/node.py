@@ -106,6 +106,7 @@ class Node:
             on_recorded=self.completeness.instance_recorded,
             min_free_disk_mb=settings.node.min_free_disk_mb,
             metrics=self.metrics,
+            fast_data_phase=settings.node.fast_data_phase,
         )
         self.scp = StorageSCP(settings, self.receiver)
         self.status_server: StatusServer | None = None

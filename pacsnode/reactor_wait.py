@@ -22,7 +22,14 @@ moment there is work:
   for at most ``WAIT_S`` for a message (the reactor's 1 ms sleep stays, but a message
   that arrives meanwhile is taken at once).
 
-Release, abort, ARTIM and idle-timer checks still run at least every ``WAIT_S``. The
+Release, abort, ARTIM and idle-timer checks still run at least every ``WAIT_S``.
+
+The socket wrapper can also lend the socket's read side to :mod:`pacsnode.fast_dimse`:
+with ``take_on_accept`` set, it marks itself *owned* as the DUL sends the A-ASSOCIATE-AC
+(in the DUL thread, before the peer can send anything else), and from then on ``ready``
+never reports the peer socket to the DUL. :meth:`_WakeableSocket.hand_back` returns the
+socket to the DUL together with bytes already read (a PDU the fast path leaves to
+pynetdicom), which ``recv`` serves before reading the socket again. The
 attributes touched (``dul.socket``, ``dul.to_provider_queue``, ``dul._run_loop_delay``,
 ``dul.event_queue``, ``dimse.msg_queue``) are pynetdicom 3.0 internals:
 tests/test_reactor_wait.py pins them, so an upgrade that moves them fails loudly there
@@ -36,12 +43,13 @@ import queue
 import select
 import socket
 import ssl
+import threading
 import weakref
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["make_event_driven", "WAIT_S"]
+__all__ = ["make_event_driven", "read_into", "WAIT_S"]
 
 LOG = logging.getLogger(__name__)
 
@@ -72,21 +80,103 @@ class _WaitingQueue(queue.Queue):  # type: ignore[type-arg]
         return super().get(block, timeout)
 
 
+def read_into(sock: socket.socket, nr_bytes: int) -> bytearray:
+    """Up to ``nr_bytes`` from ``sock`` in one buffer, fewer only at end of stream.
+
+    pynetdicom reads 4 KiB at a time into a growing bytearray, which dominates the receive
+    cost of large instances; this reads straight into one buffer."""
+    buf = bytearray(nr_bytes)
+    view = memoryview(buf)
+    got = 0
+    try:
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if n == 0:
+                break
+            got += n
+    finally:
+        view.release()
+    if got < nr_bytes:
+        del buf[got:]
+    return buf
+
+
 class _WakeableSocket(AssociationSocket):
     """``ready`` blocks until the peer sent data, a PDU was queued to send, or ``WAIT_S``."""
 
     _wake_r: socket.socket
+    _wake_w: socket.socket
     _dul: Any
+    take_on_accept = False  # lend the read side to the fast data phase once the AC is sent
+    owned = False  # the fast data phase reads the socket; the DUL must not
+    _pushback = b""
+
+    def hand_back(self, pushback: bytes = b"") -> None:
+        """Return the read side to the DUL; ``pushback`` is read before the socket."""
+        self._pushback = bytes(pushback)
+        self.owned = False
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def lend_on_accept(self) -> None:
+        """Mark the socket owned by the fast path as the A-ASSOCIATE-AC goes out."""
+        self._lend_lock = threading.Lock()
+        self._lent = threading.Event()
+        self.take_on_accept = True
+
+    def wait_lent(self, timeout: float) -> bool:
+        """After negotiation: True once the AC went out and the fast path owns the socket;
+        False (and the offer withdrawn) if that did not happen within ``timeout``."""
+        if self._lent.wait(timeout):
+            return True
+        with self._lend_lock:
+            self.take_on_accept = False
+            return self.owned
+
+    def send(self, bytestream: bytes) -> None:
+        if self.take_on_accept and bytestream[:1] == b"\x02":  # A-ASSOCIATE-AC
+            with self._lend_lock:
+                if self.take_on_accept:
+                    self.take_on_accept = False
+                    self.owned = True
+                    self._lent.set()
+        super().send(bytestream)
+
+    def recv(self, nr_bytes: int) -> bytearray:  # type: ignore[override]
+        head = b""
+        if self._pushback:
+            head, self._pushback = self._pushback[:nr_bytes], self._pushback[nr_bytes:]
+            if len(head) == nr_bytes:
+                return bytearray(head)
+        sock = self.socket
+        if sock is None:
+            return bytearray(head)
+        return bytearray(head) + read_into(sock, nr_bytes - len(head)) if head else read_into(sock, nr_bytes)
 
     @property
     def ready(self) -> bool:
         sock = self.socket
         if sock is None or self._is_connected is False:
             return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if self._pushback:
             return True
         dul = self._dul
         busy = not dul.event_queue.empty() or not dul.to_provider_queue.empty() or dul._kill_thread
+        if self.owned:  # wait for queued PDUs only: the peer's bytes belong to the fast path
+            try:
+                readable, _, _ = select.select([self._wake_r], [], [], 0 if busy else WAIT_S)
+            except (OSError, ValueError):
+                return False
+            if readable:
+                try:
+                    self._wake_r.recv(4096)
+                except OSError:
+                    pass
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
         try:
             readable, _, _ = select.select([sock, self._wake_r], [], [], 0 if busy else WAIT_S)
         except (OSError, TimeoutError, ValueError):
@@ -123,6 +213,7 @@ def make_event_driven(assoc: Any) -> bool:
     weakref.finalize(wrapper, wake_w.close)
     wrapper.__class__ = _WakeableSocket
     wrapper._wake_r = wake_r
+    wrapper._wake_w = wake_w
     wrapper._dul = dul
     dul.to_provider_queue = _SignallingQueue(wake_w)
     dimse.msg_queue = _WaitingQueue()
