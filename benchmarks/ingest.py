@@ -95,7 +95,9 @@ def run_storescp(folder: Path, work: Path) -> float:
         p.wait()
 
 
-def run_pacsnode(folder: Path, work: Path, fsync: bool = True) -> tuple[float, float]:
+def run_pacsnode(folder: Path, work: Path, fsync: bool = True, classic: bool = False) -> tuple[float, float]:
+    """One send to `pacsnode serve`; ``classic``: the receive path before the fast data phase
+    and the spool journal (pynetdicom's reactors, two fsyncs per file)."""
     port = free_port()
     state = work / "state"
     shutil.rmtree(state, ignore_errors=True)
@@ -105,6 +107,9 @@ def run_pacsnode(folder: Path, work: Path, fsync: bool = True) -> tuple[float, f
     text = text.replace("stable_seconds = 10 ", "stable_seconds = 600 ")
     if not fsync:
         text = text.replace("fsync = true", "fsync = false")
+    if classic:
+        text = text.replace("fast_data_phase = true", "fast_data_phase = false")
+        text = text.replace("spool_journal = true", "spool_journal = false")
     cfg = work / "bench.toml"
     cfg.write_text(text)
     p = subprocess.Popen([str(REPO / ".venv/bin/pacsnode"), "serve", "--config", str(cfg)],
@@ -120,17 +125,19 @@ def run_pacsnode(folder: Path, work: Path, fsync: bool = True) -> tuple[float, f
 
 
 def spool_floor(folder: Path, work: Path) -> float:
-    """Seconds to make the series' files durable the way the node does (temp file,
-    fdatasync, rename, directory fsync), with no network and no DICOM: the disk's floor."""
+    """Seconds to make the series' files durable the way the node does (spool journal append,
+    then the file through a temp file and rename), with no network and no DICOM: the disk's floor."""
     from pacsnode.spool import Spool
 
-    spool = Spool(work / "floor")
+    spool = Spool(work / "floor", journal=True)
+    spool.open()
     files = sorted(folder.iterdir())
     blobs = [f.read_bytes() for f in files]
     t0 = time.perf_counter()
     for f, blob in zip(files, blobs, strict=True):
         spool.write(spool.root / "s" / f.name, (blob,))
     seconds = time.perf_counter() - t0
+    spool.close()
     shutil.rmtree(spool.root.parent, ignore_errors=True)
     return seconds
 
@@ -163,11 +170,12 @@ def main() -> None:
         for name, folder in make_series(work).items():
             n = len(list(folder.iterdir()))
             mb = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-            ref, node, nosync, floor, ratios = [], [], [], [], []
+            ref, node, nosync, classic, floor, ratios = [], [], [], [], [], []
             for _ in range(args.repeats):  # interleaved, so load changes hit every column alike
                 ref.append(run_storescp(folder, work))
                 node.append(run_pacsnode(folder, work))
                 nosync.append(run_pacsnode(folder, work, fsync=False)[0])
+                classic.append(run_pacsnode(folder, work, classic=True)[0])
                 floor.append(spool_floor(folder, work))
                 ratios.append(ref[-1] / node[-1][0])
                 loads.append(os.getloadavg()[0])
@@ -175,28 +183,32 @@ def main() -> None:
             t_node = statistics.median(s for s, _ in node)
             rss = max(r for _, r in node)
             row = (name, n, mb, n / t_ref, n / t_node, statistics.median(ratios), rss,
-                   n / statistics.median(nosync), n / statistics.median(floor))
+                   n / statistics.median(nosync), n / statistics.median(classic), n / statistics.median(floor))
             rows.append(row)
             print(f"{name}: storescp {row[3]:.0f}/s, pacsnode {row[4]:.0f}/s, ratio {row[5]:.2f} "
                   f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)}), peak RSS {rss:.0f} MB, "
-                  f"without fsync {row[7]:.0f}/s, disk floor {row[8]:.0f}/s", flush=True)
+                  f"without fsync {row[7]:.0f}/s, classic path {row[8]:.0f}/s, disk floor {row[9]:.0f}/s",
+                  flush=True)
     lines = [
         "# Ingest: DCMTK storescu → pacsnode vs DCMTK storescp (loopback)",
         "",
         f"Command: `TCP_NODELAY=1 .venv/bin/python benchmarks/ingest.py --repeats {args.repeats}` "
         f"(median of {args.repeats} interleaved repeats per cell; ratio = median of the per-repeat ratios).",
         f"Environment: {environment()}.",
-        "pacsnode: default config.toml, every instance file fdatasynced, renamed and its directory "
-        "fsynced, ledger row committed, before Success. storescp: default options (no fsync).",
-        "Disk floor: the same files made durable by `Spool.write` in a loop, no network, no DICOM.",
+        "pacsnode: default config.toml (fast data phase, spool journal): every instance durable in the "
+        "spool journal (one fdatasync) and its ledger row committed before Success. "
+        "storescp: default options (no fsync).",
+        "Classic path: `fast_data_phase = false`, `spool_journal = false` (pynetdicom's reactors; "
+        "temp file fdatasynced, renamed, directory fsynced), i.e. the node before this change.",
+        "Disk floor: the same files made durable by `Spool.write` (journal) in a loop, no network, no DICOM.",
         "",
         "| series | instances | MB | storescp inst/s | pacsnode inst/s | ratio | node peak RSS (MB) "
-        "| pacsnode fsync off, inst/s | disk floor, inst/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pacsnode fsync off, inst/s | classic path, inst/s | disk floor, inst/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, n, mb, r_ref, r_node, ratio, rss, r_nosync, r_floor in rows:
+    for name, n, mb, r_ref, r_node, ratio, rss, r_nosync, r_classic, r_floor in rows:
         lines.append(f"| {name} | {n} | {mb:.0f} | {r_ref:.0f} | {r_node:.0f} | {ratio:.2f}× | {rss:.0f} "
-                     f"| {r_nosync:.0f} | {r_floor:.0f} |")
+                     f"| {r_nosync:.0f} | {r_classic:.0f} | {r_floor:.0f} |")
     lines += ["", "Target: ratio ≥ 0.5×, peak RSS < 300 MB.",
               f"1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} "
               "(a shared machine: figures move with other work).", ""]

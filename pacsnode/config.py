@@ -105,6 +105,7 @@ class NodeSettings:
     network_timeout: float = field(default=60.0, metadata=_positive())
     min_free_disk_mb: int = field(default=1024, metadata=_non_negative())
     fsync: bool = True
+    spool_journal: bool = True
     fast_data_phase: bool = True
 
 

@@ -15,7 +15,10 @@ the data phase of an established association with one loop in the association th
 * a command set (Implicit VR Little Endian, PS3.7 §E) is read by a small walker; the data
   set's fragments are kept as views of the PDU buffers, not copied;
 * C-STORE-RQ: :meth:`pacsnode.scp.Receiver.store` (the same handler as pynetdicom's
-  EVT_C_STORE path: spool, ledger, statuses), then the C-STORE-RSP is written to the socket;
+  EVT_C_STORE path: spool, ledger, statuses), then the C-STORE-RSP is written to the
+  socket; with the spool journal the instance is durable in the journal and in the ledger
+  before the response, and its spool file is put in place just after it, while the peer
+  sends the next instance (write-behind);
 * C-ECHO-RQ: answered Success;
 * anything else (A-RELEASE-RQ, A-ABORT, another DIMSE service, a closed connection, the
   network timeout) is handed back, unread bytes included, to pynetdicom's own reactors,
@@ -24,7 +27,9 @@ the data phase of an established association with one loop in the association th
 The DUL thread does not read the socket while the fast path owns it
 (:class:`pacsnode.reactor_wait._WakeableSocket`), but it still sends whatever pynetdicom
 queues (an A-ABORT from :meth:`StorageSCP.stop`, say). ``node.fast_data_phase = false``
-leaves every association entirely to pynetdicom.
+leaves every association entirely to pynetdicom; so are DICOM TLS associations, always
+(an OpenSSL "bad length" error when this loop and pynetdicom shared the TLS socket is
+not understood yet, so TLS keeps pynetdicom's slower, proven path).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pynetdicom.association import Association
@@ -57,7 +63,10 @@ _LEND_WAIT_S = 5.0  # how often a quiet association checks for abort / kill
 
 class _Store(Protocol):
     def store(self, assoc: Any, chunks: list[memoryview], transfer_syntax: str,
-              affected_sop_instance_uid: str) -> int: ...
+              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None
+              ) -> int: ...
+
+    def after_response(self, finishers: list[Callable[[], None]]) -> None: ...
 
 
 def enable(assoc: Association, receiver: _Store) -> bool:
@@ -247,6 +256,7 @@ def _answer(assoc: Association, sock: socket.socket, receiver: _Store, contexts:
     command_field = _us(fields, 0x0100)
     message_id = _us(fields, 0x0110) or 0
     sop_class = fields.get(0x0002, b"").decode("ascii", "replace").strip(" \0")
+    after: list[Callable[[], None]] = []
     if command_field == C_ECHO_RQ:
         status, instance = 0x0000, None
     else:
@@ -256,6 +266,10 @@ def _answer(assoc: Association, sock: socket.socket, receiver: _Store, contexts:
             status = 0xC000
         else:
             ts = contexts[msg.context_id].transfer_syntax[0]
-            status = receiver.store(assoc, msg.data, str(ts), instance)
+            status = receiver.store(assoc, msg.data, str(ts), instance, after)
     rsp = encode_response(_RSP | (command_field or 0), message_id, status, sop_class, instance)
-    sock.sendall(_p_data(msg.context_id, rsp))
+    try:
+        sock.sendall(_p_data(msg.context_id, rsp))
+    finally:
+        if after:  # the instance is journaled and in the ledger: its file goes in place meanwhile
+            receiver.after_response(after)

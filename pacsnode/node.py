@@ -90,7 +90,7 @@ class Node:
         state_dir = Path(settings.node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
-        self.spool = Spool(state_dir, fsync=settings.node.fsync)
+        self.spool = Spool(state_dir, fsync=settings.node.fsync, journal=settings.node.spool_journal)
         self.ledger = Ledger(state_dir / "ledger.sqlite")
         self.scheduler = Scheduler(state_dir, settings.scheduler)
         self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe)
@@ -123,9 +123,7 @@ class Node:
         register_handler(RETENTION_HANDLER, self.retention)
         register_handler(DELIVERY_HANDLER, self.dispatcher.deliver)
         register_handler(UPKEEP_HANDLER, self.upkeep)
-        swept = self.spool.sweep_partials()
-        if swept:
-            LOG.info("removed %d partial instance files left by a crash", swept)
+        self.spool.open()
         self.reindex()
         self.scheduler.start()
         self.resume()
@@ -155,6 +153,7 @@ class Node:
         LOG.info("stopping: no new associations; waiting for %d in flight", len(self.scp.active()))
         self.scp.stop(grace)
         self.scheduler.shutdown(wait=True)
+        self.spool.close()
         if self.status_server is not None:
             self.status_server.stop()
         for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER, DELIVERY_HANDLER):

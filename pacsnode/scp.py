@@ -463,7 +463,8 @@ class Receiver:
 
     def handle_conn_open(self, event: Any) -> None:
         _tune_socket(event.assoc)
-        if make_event_driven(event.assoc) and self.fast_data_phase:
+        tls = isinstance(getattr(event.assoc.dul.socket, "socket", None), ssl.SSLSocket)
+        if make_event_driven(event.assoc) and self.fast_data_phase and not tls:
             fast_dimse.enable(event.assoc, self)
 
     def handle_established(self, event: Any) -> None:
@@ -510,13 +511,16 @@ class Receiver:
             data.release()
 
     def store(self, assoc: Any, chunks: Sequence[bytes | bytearray | memoryview], transfer_syntax: str,
-              affected_sop_instance_uid: str) -> int:
+              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None) -> int:
         """One received instance (its data set as ``chunks``) → a C-STORE status.
 
-        The hard boundary: every outcome is a status, never an exception."""
+        The hard boundary: every outcome is a status, never an exception. With
+        ``after_response`` the instance is durable (journaled) and in the ledger when this
+        returns, and the functions appended to it put its spool file in place; the caller
+        runs them once the response is sent."""
         t0 = time.perf_counter()
         try:
-            status = self._store(assoc, chunks, transfer_syntax, affected_sop_instance_uid)
+            status = self._store(assoc, chunks, transfer_syntax, affected_sop_instance_uid, after_response)
         except ReceiveError as exc:
             LOG.warning("C-STORE from %r refused: %s", assoc.requestor.ae_title, exc)
             status = STATUS_CANNOT_UNDERSTAND
@@ -537,8 +541,17 @@ class Receiver:
         self.metrics.observe("receive", time.perf_counter() - t0)
         return status
 
+    def after_response(self, finishers: list[Callable[[], None]]) -> None:
+        """The C-STORE response is out: put the journaled instances' files in place (while
+        the peer sends the next one). A failure is logged; the journal keeps the bytes."""
+        for finish in finishers:
+            try:
+                finish()
+            except Exception:
+                LOG.exception("writing a journaled instance file failed; the journal keeps it for replay")
+
     def _store(self, assoc: Any, chunks: Sequence[bytes | bytearray | memoryview], ts: str,
-               affected_uid: str) -> int:
+               affected_uid: str, after_response: list[Callable[[], None]] | None = None) -> int:
         if not self._disk_ok():
             LOG.error("C-STORE answered Out of Resources: free space in %s is below "
                       "node.min_free_disk_mb = %g MiB", self.spool.root, self.min_free_disk_mb)
@@ -558,7 +571,11 @@ class Receiver:
         if self.ledger.instance_path(header.sop_instance_uid) is None:
             meta = encode_file_meta(header.sop_class_uid, header.sop_instance_uid, ts,
                                     str(assoc.requestor.ae_title).strip())
-            size = self.spool.write(path, (meta, *chunks))
+            size, finish = self.spool.write_behind(path, (meta, *chunks))
+            if after_response is None:
+                finish()
+            else:
+                after_response.append(finish)
         rec = InstanceRecord(
             sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
             series_uid=header.series_uid, study_uid=header.study_uid, path=path, size=size,

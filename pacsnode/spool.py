@@ -1,10 +1,16 @@
 """Crash-safe instance files in the state directory.
 
-Every instance is written to a temporary file next to its final name, flushed with
-``fsync``, renamed into place with :func:`os.replace` (atomic on POSIX) and the
-directory entry is made durable with an ``fsync`` of the directory. A reader therefore
-sees either the whole instance or nothing; a crash leaves at most a ``*.part`` file,
-which :meth:`Spool.sweep_partials` removes on the next start.
+Every instance is written to a temporary file next to its final name and renamed into
+place with :func:`os.replace` (atomic on POSIX), so a reader sees either the whole
+instance or nothing; a crash leaves at most a ``*.part`` file, which
+:meth:`Spool.sweep_partials` removes on the next start.
+
+Durability, before :meth:`Spool.write` returns: with a :class:`SpoolJournal` (the node's
+default) the file's bytes are first appended to the journal with one data-only flush,
+and the journal's checkpoints make the files themselves durable in the background
+(:mod:`pacsnode.spool_journal`); without one, or for a file too large for a journal
+segment, the temp file is ``fdatasync``-ed before the rename and the directory ``fsync``-ed
+after it.
 
 Layout: ``<state_dir>/spool/<study UID>/<series UID>/<SOP instance UID>.dcm``.
 UIDs that are not plain dotted digits are replaced by a hash so nothing received from
@@ -14,16 +20,20 @@ the network can name a path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pacsnode.errors import ReceiveError
+from pacsnode.spool_journal import SpoolJournal
 
 __all__ = ["Spool", "safe_component"]
+
+LOG = logging.getLogger(__name__)
 
 _UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
 _PART_SUFFIX = ".part"
@@ -37,6 +47,10 @@ def safe_component(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
 
 
+def _nothing() -> None:
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -48,10 +62,40 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Instance files under ``<state_dir>/spool``."""
 
-    def __init__(self, state_dir: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, state_dir: str | Path, *, fsync: bool = True, journal: bool = False) -> None:
         self.root = Path(state_dir) / "spool"
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self.journal = SpoolJournal(Path(state_dir) / "journal", self.root) if fsync and journal else None
+
+    def open(self) -> int:
+        """On start: remove partial files, replay the journal; returns the files restored."""
+        swept = self.sweep_partials()
+        if swept:
+            LOG.info("removed %d partial instance files left by a crash", swept)
+        if self.journal is None:
+            return 0
+        restored = self.journal.recover(self._restore)
+        self.journal.start()
+        return restored
+
+    def close(self) -> None:
+        """On stop: make every journaled file durable and retire the journal's segments."""
+        if self.journal is not None:
+            self.journal.close()
+
+    def _restore(self, relative: str, data: bytes) -> bool:
+        path = (self.root / relative).resolve()
+        if self.root.resolve() not in path.parents or not path.name.endswith(".dcm"):
+            LOG.error("spool journal names %r, outside the spool; not restored", relative)
+            return False
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return False
+        except FileNotFoundError:
+            pass
+        self._write_durably(path, [data])
+        return True
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives (whether or not it is there yet)."""
@@ -62,7 +106,7 @@ class Spool:
             / (safe_component(sop_instance_uid) + ".dcm")
         )
 
-    def _ensure_dir(self, directory: Path) -> None:
+    def _ensure_dir(self, directory: Path, sync: bool) -> None:
         if directory.is_dir():
             return
         # Create each missing level and make its entry durable in the parent.
@@ -76,7 +120,7 @@ class Spool:
                 d.mkdir()
             except FileExistsError:
                 continue
-            if self.fsync:
+            if sync:
                 _fsync_dir(d.parent)
 
     def write(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview]) -> int:
@@ -85,9 +129,42 @@ class Spool:
         Raises :class:`OSError` (e.g. ``ENOSPC``) after removing the temporary file, so
         nothing partial is left behind.
         """
+        size, finish = self.write_behind(path, chunks)
+        finish()
+        return size
+
+    def write_behind(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview]
+                     ) -> tuple[int, Callable[[], None]]:
+        """Make ``chunks`` durable for ``path`` now; returns their size and a function that
+        puts the file in place (a no-op when it is in place already).
+
+        With the journal the bytes are durable in it once this returns, and the file may be
+        written a moment later (after the C-STORE response has gone out): a crash in between
+        is repaired by the journal's replay on the next start. Without it the file is
+        written, durably, before this returns."""
         if isinstance(chunks, bytes | bytearray | memoryview):
             chunks = [chunks]
-        self._ensure_dir(path.parent)
+        journal = self.journal
+        ticket = journal.append(str(path.relative_to(self.root)), chunks) if journal is not None else None
+        if ticket is None:
+            return self._write_durably(path, chunks), _nothing
+        size = sum(memoryview(c).nbytes for c in chunks)
+
+        def finish() -> None:
+            ok = False
+            try:
+                self._write_file(path, chunks, sync=False)
+                ok = True
+            finally:
+                journal.release(ticket, ok)
+
+        return size, finish
+
+    def _write_durably(self, path: Path, chunks: Sequence[bytes | bytearray | memoryview]) -> int:
+        return self._write_file(path, chunks, sync=self.fsync)
+
+    def _write_file(self, path: Path, chunks: Sequence[bytes | bytearray | memoryview], *, sync: bool) -> int:
+        self._ensure_dir(path.parent, sync)
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}{_PART_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         size = 0
@@ -99,7 +176,7 @@ class Spool:
                         n = os.write(fd, view)
                         view = view[n:]
                         size += n
-                if self.fsync:
+                if sync:
                     os.fdatasync(fd)  # data and the size; the rename is made durable below
             finally:
                 os.close(fd)
@@ -107,7 +184,7 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if self.fsync:
+        if sync:
             _fsync_dir(path.parent)
         return size
 

@@ -1,0 +1,189 @@
+"""The fast C-STORE data phase (pacsnode.fast_dimse) against pynetdicom and DCMTK peers:
+fragmented messages, both paths storing the same bytes, C-ECHO, release and abort handed back
+to pynetdicom, and the command set codec checked against pydicom."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import free_port
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from pacsnode import fast_dimse
+from pacsnode.config import parse_settings
+from pacsnode.ledger import Ledger
+from pacsnode.scp import Receiver, StorageSCP
+from pacsnode.spool import Spool
+
+pytestmark = pytest.mark.network
+
+
+class _Node:
+    def __init__(self, tmp: Path, *, fast: bool, max_pdu: int = 262144) -> None:
+        self.port = free_port()
+        self.settings = parse_settings({
+            "node": {"port": self.port, "state_dir": str(tmp / "state"), "max_pdu": max_pdu,
+                     "min_free_disk_mb": 0, "fast_data_phase": fast},
+            "security": {"allowed_callers": [{"ae_title": "SCU", "hosts": ["127.0.0.0/8"]}]},
+        })
+        self.spool = Spool(tmp / "state", journal=True)
+        self.spool.open()
+        self.ledger = Ledger(tmp / "state" / "ledger.sqlite")
+        self.recorded: list[str] = []
+        self.receiver = Receiver(self.spool, self.ledger, unit_of=lambda st, se: (se, "series"),
+                                 on_recorded=lambda o: self.recorded.append(o.unit_uid),
+                                 min_free_disk_mb=0, fast_data_phase=fast)
+        self.scp = StorageSCP(self.settings, self.receiver)
+        self.scp.start()
+
+    def close(self) -> None:
+        self.scp.stop(grace=5)
+        self.spool.close()
+        self.ledger.close()
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "pynetdicom"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_Node]:
+    n = _Node(tmp_path, fast=request.param)
+    yield n
+    n.close()
+
+
+def _scu(max_pdu: int = 16382) -> AE:
+    ae = AE(ae_title="SCU")
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    return ae
+
+
+def _ct(uid_suffix: str) -> pydicom.Dataset:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{uid_suffix}"
+    return ds
+
+
+def test_stores_echo_and_release(node: _Node) -> None:
+    assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    sent = [_ct(str(i)) for i in range(3)]
+    for ds in sent:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert assoc.is_released
+    for ds in sent:
+        path = node.ledger.instance_path(ds.SOPInstanceUID)
+        assert path is not None
+        stored = pydicom.dcmread(path)
+        assert stored.SOPInstanceUID == ds.SOPInstanceUID and stored.PixelData == ds.PixelData
+        assert stored.file_meta.SourceApplicationEntityTitle.strip() == "SCU"
+    assert node.recorded == [sent[0].SeriesInstanceUID] * 3
+
+
+def test_a_data_set_fragmented_over_many_pdus_is_stored_byte_for_byte(tmp_path: Path) -> None:
+    """max PDU 4096 at the node: the peer splits the 0.5 MB data set into ~130 PDVs."""
+    node = _Node(tmp_path, fast=True, max_pdu=4096)
+    try:
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.PixelData = bytes(range(256)) * 2048  # 512 KiB
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 512, 512, 16, 16, 15
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        path = node.ledger.instance_path(ds.SOPInstanceUID)
+        assert path is not None
+        sent = encode(ds, False, True)  # the data set bytes pynetdicom put on the wire
+        assert sent is not None and len(sent) > 512 * 1024
+        assert path.read_bytes().endswith(sent)
+        assert pydicom.dcmread(path).PixelData == ds.PixelData
+    finally:
+        node.close()
+
+
+def test_both_paths_answer_the_same_statuses(tmp_path: Path) -> None:
+    results = {}
+    for fast in (True, False):
+        node = _Node(tmp_path / str(fast), fast=fast)
+        try:
+            assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+            good = _ct("1")
+            dup = assoc.send_c_store(good).Status, assoc.send_c_store(good).Status
+            no_uid = _ct("2")
+            del no_uid.StudyInstanceUID
+            missing = assoc.send_c_store(no_uid).Status
+            assoc.release()
+            results[fast] = (dup, missing, node.ledger.instance_count())
+        finally:
+            node.close()
+    assert results[True] == results[False] == ((0x0000, 0x0000), 0xC001, 1)
+
+
+def test_peer_abort_mid_data_set_stores_nothing_and_the_node_carries_on(tmp_path: Path) -> None:
+    node = _Node(tmp_path, fast=True)
+    try:
+        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        assert assoc.is_established
+        ds = _ct("aborted")
+        cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage
+                  and c.transfer_syntax[0] == ExplicitVRLittleEndian)
+        cmd = Dataset()
+        cmd.AffectedSOPClassUID = CTImageStorage
+        cmd.CommandField = 0x0001
+        cmd.MessageID = 1
+        cmd.Priority = 0
+        cmd.CommandDataSetType = 0x0000
+        cmd.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        body = encode(cmd, True, True)
+        assert body is not None
+        command = struct.pack("<HHII", 0, 0, 4, len(body)) + body
+        data = encode(ds, False, True)
+        assert data is not None
+
+        def pdv(payload: bytes, control: int) -> bytes:
+            item = struct.pack(">IBB", len(payload) + 2, cx.context_id, control) + payload
+            return struct.pack(">BBI", 4, 0, len(item)) + item
+
+        raw = assoc.dul.socket.socket
+        raw.sendall(pdv(command, 0x03) + pdv(data[: len(data) // 2], 0x00))  # half a data set...
+        raw.sendall(struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 0, 0))  # ...then A-ABORT
+        deadline = time.time() + 10
+        while node.scp.active() and time.time() < deadline:
+            time.sleep(0.05)
+        assert not node.scp.active()
+        assoc.kill()
+        assert node.ledger.instance_path(ds.SOPInstanceUID) is None
+        assert not list(node.spool.root.rglob("*.dcm")) and not list(node.spool.root.rglob("*.part"))
+        again = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        assert again.send_c_store(_ct("after")).Status == 0x0000
+        again.release()
+    finally:
+        node.close()
+
+
+def test_command_set_codec_matches_pydicom() -> None:
+    raw = fast_dimse.encode_response(0x8001, 7, 0xA700, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.45")
+    ds = read_dataset(io.BytesIO(raw), True, True)
+    assert ds.CommandGroupLength == len(raw) - 12
+    assert (ds.CommandField, ds.MessageIDBeingRespondedTo, ds.Status) == (0x8001, 7, 0xA700)
+    assert ds.AffectedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.AffectedSOPInstanceUID == "1.2.3.45"
+    assert ds.CommandDataSetType == 0x0101
+    fields = fast_dimse.parse_command(raw)
+    assert fields[0x0120] == (7).to_bytes(2, "little") and fields[0x1000] == b"1.2.3.45"
+    with pytest.raises(ValueError):
+        fast_dimse.parse_command(raw[:-3])
