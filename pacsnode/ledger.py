@@ -13,7 +13,8 @@ Tables
     jobs        one row per (unit UID, model sha256): a re-run replaces, never duplicates
     deliveries  one row per (job, destination, dataset file): pending → sent | failed
 
-Durability: each instance file is fsynced before its row is written; the ledger runs with
+Durability: each instance is durable (in the spool journal, or its file fsynced) before its
+row is written; the ledger runs with
 ``synchronous=NORMAL`` (a commit survives a crash of the process, and the database stays
 consistent on power loss). :meth:`Ledger.known_paths` lets the node re-index spool files
 whose rows a power cut took away.
