@@ -35,11 +35,13 @@ not understood yet, so TLS keeps pynetdicom's slower, proven path).
 from __future__ import annotations
 
 import logging
+import queue
 import select
 import socket
 import ssl
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -63,8 +65,8 @@ _LEND_WAIT_S = 5.0  # how often a quiet association checks for abort / kill
 
 class _Store(Protocol):
     def store(self, assoc: Any, chunks: list[memoryview], transfer_syntax: str,
-              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None
-              ) -> int: ...
+              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None,
+              data_crc: int | None = None) -> int: ...
 
     def after_response(self, finishers: list[Callable[[], None]]) -> None: ...
 
@@ -169,7 +171,7 @@ def _wait_readable(assoc: Association, sock: socket.socket, timeout: float | Non
 class _Message:
     """One DIMSE message being reassembled."""
 
-    __slots__ = ("context_id", "command", "raw", "fields", "data")
+    __slots__ = ("context_id", "command", "raw", "fields", "data", "crc")
 
     def __init__(self, context_id: int) -> None:
         self.context_id = context_id
@@ -177,6 +179,7 @@ class _Message:
         self.raw: list[bytes] = []  # the PDUs its command came in, re-encoded from its start
         self.fields: dict[int, bytes] | None = None
         self.data: list[memoryview] = []
+        self.crc = 0  # CRC-32 of the data set so far, for the spool journal
 
 
 def _serve(assoc: Association, wrapper: _WakeableSocket, receiver: _Store) -> None:
@@ -235,12 +238,17 @@ def _serve(assoc: Association, wrapper: _WakeableSocket, receiver: _Store) -> No
                     if msg.fields is None:
                         raise ValueError("a data set fragment arrived before its command was complete")
                     msg.data.append(fragment)
+                    msg.crc = zlib.crc32(fragment, msg.crc)  # while the peer sends the next PDU
                     if is_last:
                         _answer(assoc, sock, receiver, contexts, msg)
                         msg = None
                 pos = end
     except _HandBack as back:
         LOG.debug("fast data phase hands association back to pynetdicom: %s", back)
+        # what is left (usually just the release) runs on pynetdicom's own 1 ms poll, not the
+        # 5 ms blocking wait make_event_driven gave the message queue; swapped before the DUL
+        # may read again, so no message can land in the old queue
+        assoc.dimse.msg_queue = queue.Queue()
         wrapper.hand_back(back.pushback)
     except (OSError, ValueError, struct.error) as exc:
         # a broken peer or a protocol violation: what pynetdicom does too (A-ABORT)
@@ -266,7 +274,7 @@ def _answer(assoc: Association, sock: socket.socket, receiver: _Store, contexts:
             status = 0xC000
         else:
             ts = contexts[msg.context_id].transfer_syntax[0]
-            status = receiver.store(assoc, msg.data, str(ts), instance, after)
+            status = receiver.store(assoc, msg.data, str(ts), instance, after, msg.crc)
     rsp = encode_response(_RSP | (command_field or 0), message_id, status, sop_class, instance)
     try:
         sock.sendall(_p_data(msg.context_id, rsp))

@@ -511,16 +511,19 @@ class Receiver:
             data.release()
 
     def store(self, assoc: Any, chunks: Sequence[bytes | bytearray | memoryview], transfer_syntax: str,
-              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None) -> int:
+              affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None,
+              data_crc: int | None = None) -> int:
         """One received instance (its data set as ``chunks``) → a C-STORE status.
 
         The hard boundary: every outcome is a status, never an exception. With
         ``after_response`` the instance is durable (journaled) and in the ledger when this
         returns, and the functions appended to it put its spool file in place; the caller
-        runs them once the response is sent."""
+        runs them once the response is sent. ``data_crc``: CRC-32 of the data set's bytes, if
+        the caller computed it as they arrived (saves the journal reading them again)."""
         t0 = time.perf_counter()
         try:
-            status = self._store(assoc, chunks, transfer_syntax, affected_sop_instance_uid, after_response)
+            status = self._store(assoc, chunks, transfer_syntax, affected_sop_instance_uid, after_response,
+                                 data_crc)
         except ReceiveError as exc:
             LOG.warning("C-STORE from %r refused: %s", assoc.requestor.ae_title, exc)
             status = STATUS_CANNOT_UNDERSTAND
@@ -551,7 +554,8 @@ class Receiver:
                 LOG.exception("writing a journaled instance file failed; the journal keeps it for replay")
 
     def _store(self, assoc: Any, chunks: Sequence[bytes | bytearray | memoryview], ts: str,
-               affected_uid: str, after_response: list[Callable[[], None]] | None = None) -> int:
+               affected_uid: str, after_response: list[Callable[[], None]] | None = None,
+               data_crc: int | None = None) -> int:
         if not self._disk_ok():
             LOG.error("C-STORE answered Out of Resources: free space in %s is below "
                       "node.min_free_disk_mb = %g MiB", self.spool.root, self.min_free_disk_mb)
@@ -571,7 +575,8 @@ class Receiver:
         if self.ledger.instance_path(header.sop_instance_uid) is None:
             meta = encode_file_meta(header.sop_class_uid, header.sop_instance_uid, ts,
                                     str(assoc.requestor.ae_title).strip())
-            size, finish = self.spool.write_behind(path, (meta, *chunks))
+            size, finish = self.spool.write_behind(path, (meta, *chunks),
+                                                   None if data_crc is None else (1, data_crc))
             if after_response is None:
                 finish()
             else:

@@ -133,19 +133,20 @@ class Spool:
         finish()
         return size
 
-    def write_behind(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview]
-                     ) -> tuple[int, Callable[[], None]]:
+    def write_behind(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview],
+                     tail_crc: tuple[int, int] | None = None) -> tuple[int, Callable[[], None]]:
         """Make ``chunks`` durable for ``path`` now; returns their size and a function that
         puts the file in place (a no-op when it is in place already).
 
         With the journal the bytes are durable in it once this returns, and the file may be
         written a moment later (after the C-STORE response has gone out): a crash in between
         is repaired by the journal's replay on the next start. Without it the file is
-        written, durably, before this returns."""
+        written, durably, before this returns. ``tail_crc``: see :meth:`SpoolJournal.append`."""
         if isinstance(chunks, bytes | bytearray | memoryview):
             chunks = [chunks]
         journal = self.journal
-        ticket = journal.append(str(path.relative_to(self.root)), chunks) if journal is not None else None
+        ticket = (journal.append(str(path.relative_to(self.root)), chunks, tail_crc)
+                  if journal is not None else None)
         if ticket is None:
             return self._write_durably(path, chunks), _nothing
         size = sum(memoryview(c).nbytes for c in chunks)

@@ -8,8 +8,8 @@ that commits no metadata at all:
 * it is a few preallocated *segment* files whose blocks have been written once (zeros),
   so overwriting them changes neither size nor allocation, and ``fdatasync`` flushes data
   only (0.3–0.45 ms on the same disk);
-* each instance is appended as one record (header with length, CRC-32 and the spool path,
-  then the file's bytes) and flushed before the instance file itself is written, without
+* each instance is appended as one record (header with lengths, CRC-32s and the spool
+  path, then the file's bytes) and flushed before the instance file itself is written, without
   ``fsync``, through the usual temp file and atomic rename;
 * a background checkpoint makes the segment's files durable with one ``syncfs`` and then
   retires the segment by giving it a new *generation* in its first block; records of an
@@ -46,7 +46,9 @@ _BLOCK = 4096
 _SEG_MAGIC = b"PNJSEG01"
 _REC_MAGIC = b"PNJR"
 _SEG_HEADER = struct.Struct("<8sQ")  # magic, generation
-_REC_HEADER = struct.Struct("<4sQIIH")  # magic, generation, payload length, payload CRC-32, path length
+# magic, generation, head length, tail length, CRC-32 of path + head, CRC-32 of tail, path length;
+# the file's bytes are head + tail (the tail's CRC may come from the caller, computed as it arrived)
+_REC_HEADER = struct.Struct("<4sQIIIIH")
 _HEADER_CRC = struct.Struct("<I")
 _IDLE_CHECKPOINT_S = 2.0  # checkpoint a segment this long after its last append
 _SPARES = 1  # segments kept ready (headed, flushed) beyond the active one
@@ -204,15 +206,16 @@ class SpoolJournal:
         head_size = _REC_HEADER.size + _HEADER_CRC.size
         while offset + head_size <= size:
             head = os.pread(fd, head_size, offset)
-            magic, gen, length, crc, path_len = _REC_HEADER.unpack_from(head)
-            (head_crc,) = _HEADER_CRC.unpack_from(head, _REC_HEADER.size)
-            if magic != _REC_MAGIC or gen != generation or zlib.crc32(head[:_REC_HEADER.size]) != head_crc:
+            magic, gen, head_len, tail_len, crc, tail_crc, path_len = _REC_HEADER.unpack_from(head)
+            (header_crc,) = _HEADER_CRC.unpack_from(head, _REC_HEADER.size)
+            if magic != _REC_MAGIC or gen != generation or zlib.crc32(head[:_REC_HEADER.size]) != header_crc:
                 break
-            end = offset + head_size + path_len + length
+            end = offset + head_size + path_len + head_len + tail_len
             if end > size:
                 break
-            body = os.pread(fd, path_len + length, offset + head_size)
-            if zlib.crc32(body) != crc:
+            body = os.pread(fd, path_len + head_len + tail_len, offset + head_size)
+            split = path_len + head_len
+            if zlib.crc32(memoryview(body)[:split]) != crc or zlib.crc32(memoryview(body)[split:]) != tail_crc:
                 LOG.warning("spool journal: torn record at offset %d (never acknowledged); replay of "
                             "this segment stops there", offset)
                 break
@@ -231,16 +234,22 @@ class SpoolJournal:
         self._thread = threading.Thread(target=self._checkpoint_loop, name="spool-journal", daemon=True)
         self._thread.start()
 
-    def append(self, relative_path: str, chunks: Sequence[bytes | bytearray | memoryview]) -> JournalTicket | None:
-        """Make one file's bytes durable in the journal; None when the record is too large
-        for a segment (the caller then makes the file itself durable)."""
+    def append(self, relative_path: str, chunks: Sequence[bytes | bytearray | memoryview],
+               tail_crc: tuple[int, int] | None = None) -> JournalTicket | None:
+        """Make one file's bytes (``chunks``, in order) durable in the journal; None when the
+        record is too large for a segment (the caller then makes the file itself durable).
+
+        ``tail_crc = (i, crc)``: the caller already has the CRC-32 of ``chunks[i:]`` (the
+        fast data phase computes it per PDU as the data set arrives)."""
         rel = relative_path.encode("utf-8")
-        length = sum(memoryview(c).nbytes for c in chunks)
-        size = _REC_HEADER.size + _HEADER_CRC.size + len(rel) + length
+        split, known = tail_crc if tail_crc is not None else (len(chunks), 0)
+        head_len = sum(memoryview(c).nbytes for c in chunks[:split])
+        tail_len = sum(memoryview(c).nbytes for c in chunks[split:])
+        size = _REC_HEADER.size + _HEADER_CRC.size + len(rel) + head_len + tail_len
         if size > self.max_record:
             return None
         crc = zlib.crc32(rel)
-        for c in chunks:
+        for c in chunks[:split]:
             crc = zlib.crc32(c, crc)
         with self._lock:
             seg = self._active
@@ -249,7 +258,7 @@ class SpoolJournal:
                     self._sealed.append(seg)
                 seg = self._active = self._spares.popleft() if self._spares else self._new_segment()
                 self._changed.notify_all()
-            head = _REC_HEADER.pack(_REC_MAGIC, seg.generation, length, crc, len(rel))
+            head = _REC_HEADER.pack(_REC_MAGIC, seg.generation, head_len, tail_len, crc, known, len(rel))
             offset = seg.offset
             os.pwritev(seg.fd, [head, _HEADER_CRC.pack(zlib.crc32(head)), rel, *chunks], offset)
             os.fdatasync(seg.fd)

@@ -112,6 +112,12 @@ def test_a_data_set_fragmented_over_many_pdus_is_stored_byte_for_byte(tmp_path: 
         assert sent is not None and len(sent) > 512 * 1024
         assert path.read_bytes().endswith(sent)
         assert pydicom.dcmread(path).PixelData == ds.PixelData
+        # the journal record (its data CRC computed PDU by PDU as they arrived) replays to the same file
+        journal = node.spool.journal
+        assert journal is not None and journal._active is not None
+        seg = journal._active
+        records = journal._records(seg.fd, seg.generation, journal.segment_bytes)
+        assert records == [(str(path.relative_to(node.spool.root)), path.read_bytes())]
     finally:
         node.close()
 
@@ -172,6 +178,32 @@ def test_peer_abort_mid_data_set_stores_nothing_and_the_node_carries_on(tmp_path
         again = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
         assert again.send_c_store(_ct("after")).Status == 0x0000
         again.release()
+    finally:
+        node.close()
+
+
+def test_a_command_it_does_not_serve_is_handed_to_pynetdicom_and_the_association_goes_on(
+        tmp_path: Path) -> None:
+    """A C-CANCEL-RQ (not a C-STORE or C-ECHO) arrives first: the fast path hands it, bytes
+    and all, to pynetdicom, which serves the rest of the association (echo, store, release)."""
+    node = _Node(tmp_path, fast=True)
+    try:
+        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == Verification)
+        cmd = Dataset()
+        cmd.CommandField = 0x0FFF
+        cmd.MessageIDBeingRespondedTo = 99
+        cmd.CommandDataSetType = 0x0101
+        body = encode(cmd, True, True)
+        assert body is not None
+        command = struct.pack("<HHII", 0, 0, 4, len(body)) + body
+        item = struct.pack(">IBB", len(command) + 2, cx.context_id, 0x03) + command
+        assoc.dul.socket.socket.sendall(struct.pack(">BBI", 4, 0, len(item)) + item)
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(_ct("late")).Status == 0x0000
+        assoc.release()
+        assert assoc.is_released
+        assert node.ledger.instance_path(_ct("late").SOPInstanceUID) is not None
     finally:
         node.close()
 
