@@ -215,7 +215,7 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
              f"distill study {config.name} --work WORK --docs {docs}", "```", "",
              f"- Dataset: {d.cases} training + {d.test_cases} held-out synthetic {d.kind} phantoms "
              f"(`distill phantoms {d.kind}`, seed {d.seed}, spacing {d.spacing or 'default'} mm"
-             + (f", whole-tumor radius {d.tumor_radius_mm} mm" if d.tumor_radius_mm else "") + ").",
+             + (f", whole-tumor radius {d.tumor_radius_mm.replace(',', '-')} mm" if d.tumor_radius_mm else "") + ").",
              f"- Training preset `{t.preset}`; teacher epochs {t.teacher_epochs or 'preset'}, student epochs "
              f"{t.student_epochs or 'preset'}, batches/epoch {t.batches_per_epoch or 'preset'}.",
              f"- Evaluation on the held-out cases through `pacsnode.inference` (ONNX Runtime, {ev.threads} "
