@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pacsnode.errors import ReceiveError
-from pacsnode.spool_journal import SpoolJournal
+from pacsnode.spool_journal import SpoolJournal, fsync_dir
 
 __all__ = ["Spool", "safe_component"]
 
@@ -49,14 +49,6 @@ def safe_component(uid: str) -> str:
 
 def _nothing() -> None:
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -121,7 +113,7 @@ class Spool:
             except FileExistsError:
                 continue
             if sync:
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
 
     def write(self, path: Path, chunks: bytes | memoryview | Sequence[bytes | bytearray | memoryview]) -> int:
         """Write ``chunks`` to ``path`` atomically and durably; returns the bytes written.
@@ -186,7 +178,7 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         if sync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return size
 
     def free_mb(self) -> float:

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["SpoolJournal", "JournalTicket", "SEGMENT_BYTES"]
+__all__ = ["SpoolJournal", "JournalTicket", "SEGMENT_BYTES", "fsync_dir"]
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -155,7 +156,7 @@ class SpoolJournal:
             for off in range(0, self.segment_bytes, len(zeros)):
                 os.pwrite(fd, zeros[:self.segment_bytes - off], off)
             os.fsync(fd)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             generation = self._head(fd)
         except BaseException:
             os.close(fd)
