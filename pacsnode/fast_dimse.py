@@ -59,8 +59,8 @@ _RSP = 0x8000
 _NO_DATA_SET = 0x0101
 _P_DATA_TF = 0x04
 _MAX_PDU_READ = 256 * 1024 * 1024  # a sanity bound on a peer's PDU length, whatever it says
-_POLL_S = 0.25
-_LEND_WAIT_S = 5.0  # how often a quiet association checks for abort / kill
+_POLL_S = 0.25  # how often a quiet association checks for abort / kill
+_LEND_WAIT_S = 5.0  # longest wait for the DUL thread to send the A-ASSOCIATE-AC
 
 
 class _Store(Protocol):
@@ -176,10 +176,18 @@ class _Message:
     def __init__(self, context_id: int) -> None:
         self.context_id = context_id
         self.command = bytearray()
-        self.raw: list[bytes] = []  # the PDUs its command came in, re-encoded from its start
+        # the PDUs its command came in, as (PDU body, offset of the message's first PDV): kept by
+        # reference, re-encoded only if the message is handed back to pynetdicom
+        self.raw: list[tuple[bytearray, int]] = []
         self.fields: dict[int, bytes] | None = None
         self.data: list[memoryview] = []
         self.crc = 0  # CRC-32 of the data set so far, for the spool journal
+
+
+def _reencode(pdus: list[tuple[bytearray, int]]) -> bytes:
+    """P-DATA-TF PDUs holding the PDVs of ``pdus`` from each one's offset on."""
+    return b"".join(struct.pack(">BBI", _P_DATA_TF, 0, len(body) - pos) + bytes(body[pos:])
+                    for body, pos in pdus)
 
 
 def _serve(assoc: Association, wrapper: _WakeableSocket, receiver: _Store) -> None:
@@ -214,10 +222,9 @@ def _serve(assoc: Association, wrapper: _WakeableSocket, receiver: _Store) -> No
                     if not is_command:
                         raise ValueError("a data set fragment arrived with no command before it")
                     msg = _Message(context_id)
-                    rest = bytes(view[pos:])
-                    msg.raw.append(struct.pack(">BBI", _P_DATA_TF, 0, len(rest)) + rest)
+                    msg.raw.append((body, pos))
                 elif msg.fields is None and pos == 0:
-                    msg.raw.append(bytes(head) + bytes(body))
+                    msg.raw.append((body, 0))
                 if context_id != msg.context_id or context_id not in contexts:
                     raise ValueError(f"PDV for presentation context {context_id}, message on "
                                      f"{msg.context_id}")
@@ -229,7 +236,7 @@ def _serve(assoc: Association, wrapper: _WakeableSocket, receiver: _Store) -> No
                         msg.fields = parse_command(msg.command)
                         command_field = _us(msg.fields, 0x0100)
                         if command_field not in (C_STORE_RQ, C_ECHO_RQ):
-                            raise _HandBack(b"".join(msg.raw), f"command 0x{command_field or 0:04X}")
+                            raise _HandBack(_reencode(msg.raw), f"command 0x{command_field or 0:04X}")
                         msg.raw.clear()
                         if _us(msg.fields, 0x0800) == _NO_DATA_SET:
                             _answer(assoc, sock, receiver, contexts, msg)
