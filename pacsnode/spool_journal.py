@@ -302,9 +302,8 @@ class SpoolJournal:
             return 0
         _syncfs(self.fs_root)
         with self._lock:
-            for seg in due:
-                self._head(seg.fd)
-                seg.generation, seg.offset, seg.records, seg.inflight = self._generation, _BLOCK, 0, 0
+            for seg in due:  # _due() took only segments with nothing in flight
+                seg.generation, seg.offset, seg.records = self._head(seg.fd), _BLOCK, 0
                 self._spares.append(seg)
         return len(due)
 
