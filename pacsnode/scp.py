@@ -248,9 +248,13 @@ def _scan_header(data: bytes | bytearray | memoryview, implicit: bool,
         return None
 
 
-def _fast_header(data: bytes | bytearray | memoryview, implicit: bool,
+def _fast_header(data: bytes | bytearray | memoryview, transfer_syntax: str,
                  complete: bool = True) -> Header | None:
-    values = _scan_header(data, implicit, complete)
+    """The header by :func:`_scan_header`, or None where pydicom must read it (a deflated data
+    set, or anything the walker does not handle)."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    values = _scan_header(data, transfer_syntax == ImplicitVRLittleEndian, complete)
     if values is None:
         return None
     number = values.get("SeriesNumber", "")
@@ -282,10 +286,9 @@ def read_header(data: bytes | bytearray | memoryview, transfer_syntax: str) -> H
     everything else (deflated, undefined lengths, other character sets) through pydicom.
     Raises :class:`ReceiveError` when the bytes cannot be decoded or a UID is missing.
     """
-    if transfer_syntax != DeflatedExplicitVRLittleEndian:
-        header = _fast_header(data, transfer_syntax == ImplicitVRLittleEndian)
-        if header is not None:
-            return header
+    header = _fast_header(data, transfer_syntax)
+    if header is not None:
+        return header
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
@@ -326,11 +329,8 @@ def header_of(chunks: Sequence[bytes | bytearray | memoryview], transfer_syntax:
     header does not lie within the first one."""
     if len(chunks) == 1:
         return read_header(chunks[0], transfer_syntax)
-    if transfer_syntax != DeflatedExplicitVRLittleEndian and chunks:
-        header = _fast_header(chunks[0], transfer_syntax == ImplicitVRLittleEndian, complete=False)
-        if header is not None:
-            return header
-    return read_header(b"".join(chunks), transfer_syntax)
+    header = _fast_header(chunks[0], transfer_syntax, complete=False) if chunks else None
+    return header or read_header(b"".join(chunks), transfer_syntax)
 
 
 # --- file meta ----------------------------------------------------------------------------------

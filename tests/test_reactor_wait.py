@@ -89,7 +89,7 @@ def _body(path: str) -> tuple[bytes, str]:
 def test_header_walker_agrees_with_pydicom(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data, ts = _body(get_testdata_file(name))
     fast = scp.read_header(memoryview(data), ts)
-    monkeypatch.setattr(scp, "_fast_header", lambda d, implicit: None)
+    monkeypatch.setattr(scp, "_fast_header", lambda d, ts: None)
     assert fast == scp.read_header(data, ts)
 
 
