@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
                                                 "instead of training one")
     p.add_argument("--report-only", action="store_true", help="train nothing; report what has finished")
     p.add_argument("--max-students", type=int, help="train at most this many students in this call")
+    p.add_argument("--runs", default="", metavar="NAMES",
+                   help="train only these student runs, comma-separated (e.g. w0.25-logit-s0), so that "
+                        "several processes or machines can share one --work folder")
     p.set_defaults(func=_run)
 
 
@@ -39,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_students is not None and args.max_students < 0:
         raise ConfigError(f"--max-students must be zero or more, got {args.max_students}")
     result = run_study(config, args.work, args.docs, teacher=args.teacher, report_only=args.report_only,
-                       max_students=args.max_students)
+                       max_students=args.max_students,
+                       only=[n.strip() for n in args.runs.split(",") if n.strip()])
     sys.stdout.write(json.dumps({"rows": len(result.rows), "pending": result.pending,
                                  "results": str(result.results_json), "markdown": str(result.markdown),
                                  "plots": [str(p) for p in result.plots]}, indent=2) + "\n")

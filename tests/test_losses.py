@@ -84,6 +84,23 @@ def test_logit_kd_zero_on_agreement_positive_otherwise_and_scales_with_t2() -> N
     assert float(logit_kd_loss(s2, t2, 1.0)) == pytest.approx(float(loss), rel=1e-5)
 
 
+def test_class_balanced_logit_kd_weighs_a_one_voxel_class_like_the_background() -> None:
+    y = _labels()
+    t = torch.randn(2, 4, 16, 16, 16)
+    s = t.clone()
+    rim = y == 3  # one voxel per sample
+    s[:, 0][rim] += 4.0  # the student disagrees with the teacher only there
+    plain = float(logit_kd_loss(s, t, 1.0))
+    balanced = float(logit_kd_loss(s, t, 1.0, labels=y[:, None]))
+    kl_rim = float(logit_kd_loss(s[:, :, 6:7, 6:7, 6:7], t[:, :, 6:7, 6:7, 6:7], 1.0))
+    assert plain == pytest.approx(kl_rim / 16**3, rel=1e-4)  # voxel mean: one in 4096
+    assert balanced == pytest.approx(kl_rim / 4, rel=1e-4)  # class mean: one class in four
+    # the objective passes the labels when the preset asks for it
+    obj = Objective(4, KDConfig(logit=True, logit_class_balanced=True))
+    _, parts = obj(s, y, teacher_outputs=t)
+    assert parts["logit"] == pytest.approx(float(logit_kd_loss(s, t, 2.0, labels=y)), rel=1e-5)
+
+
 def _features(widths=(4, 8, 16), size=16, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, c, size >> i, size >> i, size >> i, generator=g) for i, c in enumerate(widths)]

@@ -111,7 +111,19 @@ def test_bundled_study_presets_parse() -> None:
     assert load_study("study-ct-small").dataset.kind == "ct"
     cpu = load_study("study-brain-cpu")
     assert cpu.dataset.tumor_radius_mm == "8,35" and cpu.training.preset == "brain-cpu-adamw"
-    assert [k.name for k in cpu.student_runs()][:2] == ["w0.25-none-s0", "w0.25-logit+sard+ca-s0"]
+    assert [k.name for k in cpu.student_runs()][:2] == ["w0.25-none-s0", "w0.25-logit-s0"]
+    assert {k.seed for k in cpu.student_runs()} == {0, 1}
+
+
+def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
+    two = tmp_path / "study-micro-two.toml"
+    two.write_text(micro["config"].read_text().replace('runs = ["0.5:logit"]', 'runs = ["0.5:logit", "0.5:none"]'))
+    common = ["study", str(two), "--work", str(micro["work"]), "--docs", str(tmp_path)]
+    assert main([*common, "--runs", "w0.5-logit-s0"]) == 0
+    assert not (micro["work"] / "students" / "w0.5-none-s0").exists()
+    results = json.loads((micro["work"] / "results.json").read_text())
+    assert results["pending"] == ["w0.5-none-s0"]
+    assert main([*common, "--runs", "w0.5-nope-s0"]) == 2
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -168,6 +168,23 @@ def test_teacher_stays_frozen_in_eval_mode_during_distillation(runs, tmp_path) -
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize(("kd", "teacher_runs"), [(KDConfig(), False), (KDConfig(logit=True), True)])
+def test_the_teacher_runs_only_when_a_kd_term_reads_it(runs, tmp_path, kd, teacher_runs) -> None:
+    ck = load_checkpoint(runs["teacher"] / "checkpoint_final.pt")
+    teacher = ck.build_network(deep_supervision=False)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(1))
+    student = build_network(ck.network_class_name, ck.arch_kwargs, 2, 4, width_factor=0.5, deep_supervision=True)
+    preset = parse_preset({"data": {"patch_size": [16, 16, 16], "batches_per_epoch": 2},
+                           "train": {"epochs": 1, "progress": False}})
+    cases = load_preprocessed(runs["teacher"] / "preprocessed")
+    pair = ModelPair(StudentWithHeads(student), teacher)
+    fit(pair, Objective(4, kd), build_optimizer(pair.model.parameters(), preset.optim),
+        PatchBatches(cases, (16, 16, 16), 2, 2), [], preset, tmp_path,
+        RunSpec(ck.network_class_name, ck.arch_kwargs, 2, 4, 0.5))
+    assert len(calls) == (2 if teacher_runs else 0)
+
+
 def test_bad_preset_key_is_named_and_exits_2(tmp_path, capsys, runs) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 0.1\n")

@@ -5,7 +5,11 @@ resolution first (what ``net.forward_with_features`` returns); labels (B, *spati
 (B, 1, *spatial) at the input resolution. Teacher tensors are always detached here.
 
 * :func:`logit_kd_loss`: ``T² · mean_voxels KL(softmax(t/T) || softmax(s/T))`` (sum over classes,
-  mean over batch and voxels, never over classes).
+  mean over batch and voxels, never over classes). Given the labels it is class-balanced instead:
+  the KL is averaged within each class present in a sample (:func:`class_balanced_masks`), then
+  over those classes, so a lesion of a few hundred voxels weighs as much as the background, as in
+  the Dice term; the plain voxel mean lets the background's millions of voxels drown the small
+  classes (a width-1/4 student learned enhancing tumor later with it than without KD).
 * :func:`sard_loss` (multi-scale, size-normalized, region-aware feature distillation): per stage,
   the adapter-projected student features against the teacher's, squared error (relative to the
   teacher's mean square at that stage, so stages of any scale compare) weighted by
@@ -53,6 +57,7 @@ class KDConfig:
     logit: bool = False
     logit_weight: float = 1.0
     temperature: float = 2.0
+    logit_class_balanced: bool = False  # average the KL per class, not per voxel
     sard: bool = False
     sard_weight: float = 1.0
     sard_fg_weight: float = 1.0
@@ -68,6 +73,11 @@ class KDConfig:
     @property
     def needs_features(self) -> bool:
         return self.sard or self.ca
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term reads the teacher (without KD it only lends its architecture)."""
+        return self.logit or self.needs_features
 
     @property
     def recipe(self) -> str:
@@ -120,8 +130,10 @@ class KDHeads(nn.Module):
 
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                  temperature: float = 2.0) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student) per voxel, averaged over voxels, times T²."""
+                  temperature: float = 2.0, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Temperature-scaled KL(teacher || student) per voxel, times T², averaged over voxels, or
+    with ``labels`` ((B, *spatial) or (B, 1, *spatial)) over voxels within each present class, then
+    over the classes (class-balanced)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits must have the same shape, got "
@@ -130,19 +142,27 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     t = float(temperature)
     log_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
-    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
-    return kl.mean() * t * t
+    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)  # (B, *spatial)
+    if labels is None:
+        return kl.mean() * t * t
+    masks = class_balanced_masks(downsample_labels(labels, kl.shape[1:]), student_logits.shape[1])
+    per_class = (masks * kl[:, None]).flatten(2).sum(-1)  # (B, K): mean KL within each class
+    present = (masks.flatten(2).sum(-1) > 0).float()
+    return (per_class.sum(1) / present.sum(1).clamp_min(1.0)).mean() * t * t
 
 
 class LogitKDLoss(nn.Module):
-    """Class twin of :func:`logit_kd_loss`."""
+    """Class twin of :func:`logit_kd_loss` (``class_balanced``: pass the labels through)."""
 
-    def __init__(self, temperature: float = 2.0) -> None:
+    def __init__(self, temperature: float = 2.0, class_balanced: bool = False) -> None:
         super().__init__()
         self.temperature = temperature
+        self.class_balanced = class_balanced
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return logit_kd_loss(student_logits, teacher_logits, self.temperature)
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        return logit_kd_loss(student_logits, teacher_logits, self.temperature,
+                             labels if self.class_balanced else None)
 
 
 # --- MS-SARD ---------------------------------------------------------------------------------------

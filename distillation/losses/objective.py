@@ -30,7 +30,7 @@ class Objective(nn.Module):
         self.kd = kd or KDConfig()
         self.num_classes = num_classes
         self.seg = DeepSupervisionLoss(DiceCELoss(batch_dice=batch_dice), ddp=ddp)
-        self.logit = LogitKDLoss(self.kd.temperature)
+        self.logit = LogitKDLoss(self.kd.temperature, self.kd.logit_class_balanced)
         self.sard = SARDLoss(num_classes, self.kd.sard_fg_weight, self.kd.sard_bg_weight,
                              self.kd.stage_decay, self.kd.stages)
         self.ca = ContextLoss(self.kd.ca_affinity, self.kd.ca_global, self.kd.ca_grid,
@@ -51,7 +51,7 @@ class Objective(nn.Module):
         if kd.logit:
             if teacher_outputs is None:
                 raise ValueError("logit KD is on but no teacher outputs were given")
-            term = self.logit(_full_res(outputs), _full_res(teacher_outputs))
+            term = self.logit(_full_res(outputs), _full_res(teacher_outputs), target)
             total = total + kd.logit_weight * term
             parts["logit"] = float(term.detach())
         if kd.sard or kd.ca:

@@ -23,11 +23,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
+from pacsnode.errors import ConfigError
 
 __all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset"]
 
@@ -189,12 +191,15 @@ def collect_rows(work: Path) -> list[dict[str, Any]]:
 
 
 def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teacher: str | Path | None = None,
-              report_only: bool = False, max_students: int | None = None) -> StudyResult:
+              report_only: bool = False, max_students: int | None = None,
+              only: Sequence[str] = ()) -> StudyResult:
     """Run (or resume) the whole study and write the report; see the module docstring.
 
     ``teacher`` reuses an existing teacher checkpoint (same dataset and plan) instead of training
     one; ``report_only`` trains nothing and reports what is finished; ``max_students`` stops after
-    that many student runs have been trained in this call (the rest are listed as pending).
+    that many student runs have been trained in this call (the rest are listed as pending);
+    ``only`` names the student runs this call may train (e.g. one per process or machine sharing
+    WORK), the others are left as they are.
     """
     from distillation.train import distill, train_teacher
 
@@ -222,10 +227,18 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
+        known = {k.name for k in config.student_runs()}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ConfigError(f"--runs must name runs of {config.name} ({', '.join(sorted(known))}), "
+                              f"got {', '.join(unknown)}")
         trained = 0
         for key in config.student_runs():
             out = work / "students" / key.name
             if (out / RESULT).is_file():
+                continue
+            if only and key.name not in only:
+                pending.append(key.name)
                 continue
             if max_students is not None and trained >= max_students and not (out / FINAL).is_file():
                 pending.append(key.name)

@@ -120,7 +120,8 @@ def fit(pair: ModelPair, objective: Objective, optimizer: torch.optim.Optimizer,
     cfg, ocfg = preset.train, preset.optim
     device = ctx.device
     model = pair.model.to(device)
-    teacher = pair.teacher.to(device) if pair.teacher is not None else None
+    # a student without KD never runs the teacher: its forward pass would cost more than the step
+    teacher = pair.teacher.to(device) if pair.teacher is not None and objective.kd.needs_teacher else None
     use_amp = ocfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
