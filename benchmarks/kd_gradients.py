@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from distillation.config import load_preset
     from distillation.data import PatchBatches, load_preprocessed
     from distillation.data.augment import AugmentConfig
-    from distillation.losses import KDConfig, KDHeads, Objective
+    from distillation.losses import KDHeads, Objective
     from distillation.networks import build_network
 
     torch.manual_seed(args.seed)
