@@ -59,7 +59,7 @@ def dataset_dir(config: StudyConfig, work: Path) -> Path:
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing WORK (--runs) never collide
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
