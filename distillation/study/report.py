@@ -78,7 +78,7 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
         best = max(quarter_kd, key=lambda e: e["mean_dice"][0])
         ratio = best["mean_dice"][0] / t_dice if t_dice else float("nan")
         lines.append(f"- Width 1/4 with KD keeps ≥ 98.7 % of the teacher's mean Dice: best width-1/4 KD run "
-                     f"({best['kd']}) {best['mean_dice'][0]:.3f} vs teacher {t_dice:.3f} = {100 * ratio:.1f} % "
+                     f"({best['kd']}) {_fmt(best['mean_dice'])} vs teacher {t_dice:.3f} = {100 * ratio:.1f} % "
                      f"→ **{'met' if ratio >= 0.987 else 'not met'}**.")
     else:
         lines.append("- Width 1/4 with KD vs teacher: not measured (no width-1/4 KD run finished).")
@@ -89,18 +89,24 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"- KD vs no KD at width {_width(width)}: not measured (needs a no-KD run and a KD run).")
             continue
         best = max(kds, key=lambda e: e["mean_dice"][0])
-        per = []
+        per, unclear = [], []
         wins = True
         for s in best["structures"]:
-            a, b = best["dice"][s][0], none["dice"][s][0]
+            (a, sa), (b, sb) = best["dice"][s], none["dice"][s]
             if a is None or b is None:
                 wins = False
                 per.append(f"{s} n/a")
                 continue
             wins &= a > b
             per.append(f"{s} {a:.3f} vs {b:.3f}")
-        lines.append(f"- KD beats no KD at width {_width(width)} on each region (best KD = {best['kd']}): "
-                     f"{'; '.join(per)} → **{'met' if wins else 'not met'}**.")
+            spreads = [x for x in (sa, sb) if x is not None]
+            if spreads and abs(a - b) <= max(spreads):
+                unclear.append(s)  # the gap is no larger than one seed's spread
+        seeds = f"means over seeds {','.join(map(str, best['seeds']))} vs {','.join(map(str, none['seeds']))}"
+        caveat = (f" The gap on {', '.join(unclear)} is within the seed-to-seed spread (±1 sd): "
+                  "more seeds would be needed to call it." if unclear else "")
+        lines.append(f"- KD beats no KD at width {_width(width)} on each region (best KD = {best['kd']}; {seeds}): "
+                     f"{'; '.join(per)} → **{'met' if wins else 'not met'}**.{caveat}")
     quarter = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["latency_case_s"][0] is not None]
     if quarter and t_case:
         lat = statistics.fmean(e["latency_case_s"][0] for e in quarter)

@@ -1,0 +1,57 @@
+"""The study report's verdicts on issue 7's targets, from measured rows (means over seeds, spreads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from distillation.study.report import summarise, targets
+
+REGIONS = ("whole_tumor", "tumor_core", "enhancing")
+
+
+def _row(role: str, width: float, kd: str, seed: int, dice: tuple[float, float, float], case_s: float) -> dict:
+    return {"run": f"w{width:g}-{kd}-s{seed}", "role": role, "width": width, "kd": kd, "seed": seed,
+            "structures": list(REGIONS), "parameters": 1, "gflops_per_window": 1.0,
+            "dice": dict(zip(REGIONS, dice, strict=True)), "hd95": dict.fromkeys(REGIONS, 1.0),
+            "mean_dice": sum(dice) / 3, "latency_window_s": case_s / 100, "latency_case_s": case_s}
+
+
+TEACHER = _row("teacher", 1.0, "-", 0, (0.95, 0.93, 0.91), 10.0)
+
+
+def _lines(rows: list[dict]) -> dict[str, str]:
+    out = targets(summarise(rows))
+    return {"ratio": out[0], "kd": out[1], "latency": out[2]}
+
+
+def test_targets_met_from_seed_means() -> None:
+    rows = [TEACHER,
+            _row("student", 0.25, "none", 0, (0.90, 0.88, 0.85), 2.0),
+            _row("student", 0.25, "none", 1, (0.91, 0.89, 0.86), 2.2),
+            _row("student", 0.25, "logit", 0, (0.95, 0.92, 0.90), 2.0),
+            _row("student", 0.25, "logit", 1, (0.94, 0.92, 0.90), 2.2)]
+    lines = _lines(rows)
+    assert "(logit) 0.922 ± 0.002 vs teacher 0.930 = 99.1 %" in lines["ratio"] and "**met**" in lines["ratio"]
+    assert "means over seeds 0,1 vs 0,1" in lines["kd"] and "**met**" in lines["kd"]
+    assert "within the seed-to-seed spread" not in lines["kd"]
+    assert "2.10 s vs 10.00 s = 79 % lower" in lines["latency"] and "**met**" in lines["latency"]
+
+
+def test_a_gap_inside_the_seed_spread_is_called_out() -> None:
+    rows = [TEACHER,
+            _row("student", 0.25, "none", 0, (0.90, 0.88, 0.80), 4.0),
+            _row("student", 0.25, "none", 1, (0.90, 0.88, 0.90), 4.0),
+            _row("student", 0.25, "logit", 0, (0.92, 0.90, 0.86), 4.0)]
+    lines = _lines(rows)
+    assert "**met**" in lines["kd"]
+    assert "The gap on enhancing is within the seed-to-seed spread" in lines["kd"]
+    assert "**not met**" in lines["ratio"] and "**not met**" in lines["latency"]
+
+
+@pytest.mark.parametrize("worse", range(3))
+def test_kd_must_win_on_every_region(worse: int) -> None:
+    kd = [0.95, 0.93, 0.91]
+    kd[worse] = 0.80
+    rows = [TEACHER, _row("student", 0.25, "none", 0, (0.90, 0.88, 0.85), 2.0),
+            _row("student", 0.25, "logit", 0, tuple(kd), 2.0)]
+    assert "**not met**" in _lines(rows)["kd"]
