@@ -122,3 +122,22 @@ def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
     for case in res["cases"].values():
         assert 0.0 <= case["Lesion"]["dice"] <= 1.0 and case["Lesion"]["reference_voxels"] == 512
     assert "one empty" in res["settings"]["empty_mask_convention"]
+
+
+def test_largest_component_is_kept_only_where_it_raises_validation_dice() -> None:
+    from distillation.evaluate.postprocessing import choose_largest_component
+
+    ref = np.zeros((24, 24, 24), np.uint8)
+    ref[4:12, 4:12, 4:12] = 1  # one lesion of label 1
+    ref[14:18, 14:18, 14:18] = 2  # label 2 really has two parts
+    ref[20:22, 2:4, 2:4] = 2
+    pred = ref.copy()
+    pred[18:20, 18:20, 18:20] = 1  # a false-positive island of label 1 far from the lesion
+    decision = choose_largest_component([(pred, ref)], [1, 2, 3])
+    assert decision["largest_component"] == [1]
+    before, after = decision["dice"]["1"]
+    assert after == 1.0 and before < 1.0
+    assert decision["dice"]["2"][1] < decision["dice"]["2"][0]  # would drop the real second part
+    assert decision["dice"]["3"] == [1.0, 1.0]  # absent in both: nothing to gain
+    with pytest.raises(ValueError, match="at least one validation case"):
+        choose_largest_component([], [1])

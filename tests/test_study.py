@@ -88,6 +88,15 @@ def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
         assert Path(row["model"]).is_file()
     assert student["parameters"] < teacher["parameters"]
     assert student["kd"] == "logit" and student["width"] == 0.5
+    # post-processing chosen on the run's own validation case, and carried by the scored model's card
+    from pacsnode.inference import Model
+
+    for run_dir in (micro["work"] / "teacher", micro["work"] / "students" / "w0.5-logit-s0"):
+        post = json.loads((run_dir / "postprocessing.json").read_text())
+        assert post["split"] == "Tr" and len(post["cases"]) == 1 and set(post["dice"]) == {"1", "2", "3"}
+        assert not (run_dir / "model-no-postprocessing.onnx").exists()
+        card = Model.load(run_dir / "model.onnx", threads=1).card
+        assert list(card.postprocessing.largest_component) == post["largest_component"]
     card = json.loads(json.dumps(student))  # the row is plain JSON
     assert card["role"] == "student"
 

@@ -8,17 +8,20 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distillation.evaluate.dataset import iter_cases
+from distillation.evaluate.dataset import EvalCase, iter_cases
 from distillation.evaluate.metrics import aggregate, brats_regions_for, case_metrics
 
-__all__ = ["Evaluation", "evaluate_model", "evaluate_predictions"]
+if TYPE_CHECKING:
+    from pacsnode.inference import Model
+
+__all__ = ["Evaluation", "evaluate_model", "evaluate_predictions", "predict_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -63,42 +66,57 @@ def evaluate_predictions(predictions: Mapping[str, np.ndarray], references: Mapp
     return cases, aggregate(list(per_case.values()))
 
 
+def predict_cases(model: Model, dataset: str | os.PathLike, split: str = "Ts", *, limit: int | None = None,
+                  identifiers: Sequence[str] | None = None,
+                  progress: bool = True) -> Iterator[tuple[EvalCase, np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """``(case, predicted labels, reference labels, spacing)`` for the labelled cases of
+    ``dataset/images{split}`` (only ``identifiers``, if given; the first ``limit``), each predicted by
+    a loaded ``pacsnode.inference.Model`` as the node runs it."""
+    from tqdm import tqdm
+
+    from pacsnode.inference import run
+
+    modalities = tuple(c["modality"] for c in model.card.to_dict()["inputs"])
+    cases = [c for c in iter_cases(dataset, split) if c.label is not None]
+    if identifiers is not None:
+        wanted = set(identifiers)
+        cases = [c for c in cases if c.identifier in wanted]
+        missing = wanted - {c.identifier for c in cases}
+        if missing:
+            raise FileNotFoundError(f"labelled cases {', '.join(sorted(missing))} must be in {dataset}/images{split}")
+    if limit is not None:
+        cases = cases[:limit]
+    if not cases:
+        raise FileNotFoundError(f"evaluation needs labelled cases in {dataset}/labels{split}, found none")
+    for case in tqdm(cases, desc=f"predict {split}", unit="case", disable=not progress):
+        volumes = case.load_volumes(modalities)
+        yield case, run(model, volumes).labels, case.load_label(), volumes[0].spacing
+
+
 def evaluate_model(model_path: str | os.PathLike, dataset: str | os.PathLike, split: str = "Ts", *,
                    threads: int = 2, nsd_tolerance_mm: float = 1.0, limit: int | None = None,
                    progress: bool = True, regions: Mapping[str, Sequence[int]] | None = None,
                    save_predictions: str | os.PathLike | None = None) -> Evaluation:
     """Run ``model_path`` with ``pacsnode.inference`` on every case of ``dataset/images{split}`` and score
     it against ``labels{split}``. Regions default to the BraTS regions for a brain-tumor card."""
-    from tqdm import tqdm
-
-    from pacsnode.inference import Model, run
+    from pacsnode.inference import Model
 
     model = Model.load(model_path, threads=threads)
     card = model.card.to_dict()
     labels = {lab["name"]: int(lab["value"]) for lab in card["labels"]}
     if regions is None:
         regions = brats_regions_for(card["labels"])
-    modalities = tuple(c["modality"] for c in card["inputs"])
-    cases = [c for c in iter_cases(dataset, split) if c.label is not None]
-    if limit is not None:
-        cases = cases[:limit]
-    if not cases:
-        raise FileNotFoundError(f"evaluation needs labelled cases in {dataset}/labels{split}, found none")
     preds, refs, spacings = {}, {}, {}
     start = time.perf_counter()
-    for case in tqdm(cases, desc=f"evaluate {Path(model_path).name}", unit="case", disable=not progress):
-        volumes = case.load_volumes(modalities)
-        prediction = run(model, volumes)
-        preds[case.identifier] = prediction.labels
-        refs[case.identifier] = case.load_label()
-        spacings[case.identifier] = volumes[0].spacing
+    for case, pred, ref, spacing in predict_cases(model, dataset, split, limit=limit, progress=progress):
+        preds[case.identifier], refs[case.identifier], spacings[case.identifier] = pred, ref, spacing
         if save_predictions is not None:
             out = Path(save_predictions)
             out.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(out / f"{case.identifier}.npz", labels=prediction.labels)
-    seconds = (time.perf_counter() - start) / len(cases)
+            np.savez_compressed(out / f"{case.identifier}.npz", labels=pred)
+    seconds = (time.perf_counter() - start) / len(preds)
     per_case, summary = evaluate_predictions(preds, refs, spacings, labels, regions, nsd_tolerance_mm)
-    log.info("evaluated %s on %d cases of %s (%.1f s/case)", Path(model_path).name, len(cases), dataset, seconds)
+    log.info("evaluated %s on %d cases of %s (%.1f s/case)", Path(model_path).name, len(preds), dataset, seconds)
     return Evaluation(model=str(model_path), dataset=str(dataset), split=split, cases=per_case, summary=summary,
                       seconds_per_case=seconds,
                       settings={"nsd_tolerance_mm": nsd_tolerance_mm, "threads": threads,

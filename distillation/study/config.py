@@ -84,6 +84,8 @@ class EvaluationSpec:
     limit: int = field(default=0, metadata=_non_negative())  # held-out cases scored; 0 = all
     latency_cases: int = field(default=3, metadata=_positive())
     latency_windows: int = field(default=5, metadata=_positive())
+    # keep a label's largest component where that helps on the run's validation cases (nnU-Net's rule)
+    choose_postprocessing: bool = True
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,15 @@ it finished, so running the same command again skips what is done and resumes wh
 (training resumes from ``checkpoint_latest.pt``)::
 
     WORK/data/DatasetXXX_Name/          phantoms (dataset.json written last = finished)
-    WORK/teacher/                       checkpoint_final.pt, model.onnx, evaluation.json, result.json
+    WORK/teacher/                       checkpoint_final.pt, postprocessing.json, model.onnx,
+                                        evaluation.json, latency.json, result.json
     WORK/students/w0.25-logit-s0/       the same per student
     WORK/results.json                   every finished row, then DOCS/<stem>.md and the plots
+
+Before a run is scored its post-processing is chosen on its own validation cases (nnU-Net's
+rule: keep a label's largest connected component where that raises the label's validation Dice,
+:mod:`distillation.evaluate.postprocessing`) and written into the exported model's card, so the
+held-out figures are those of the model as the node would run it.
 
 A row (``result.json``) holds what was measured: role, width, KD recipe, seed, parameters,
 GFLOPs per window, Dice / HD95 mean per region on the held-out cases (through the node's
@@ -128,16 +134,41 @@ def _training_summary(out: Path) -> dict[str, Any]:
                       for r in epochs]}
 
 
-def _export(checkpoint: Path, onnx_path: Path, name: str, provenance: dict[str, Any]) -> None:
+def _export(checkpoint: Path, onnx_path: Path, name: str, provenance: dict[str, Any],
+            largest_component: list[int] | None = None) -> None:
     from distillation.checkpoint import load_checkpoint
+    from distillation.evaluate.postprocessing import card_with_postprocessing
     from distillation.export import export_onnx
 
     ck = load_checkpoint(checkpoint)
-    card = dict(ck.card)
+    card = card_with_postprocessing(ck.card, largest_component or [])
     card["name"] = name
     card["intended_use"] = STUDY_INTENDED_USE
     card["provenance"] = {**dict(card.get("provenance") or {}), **provenance}
     export_onnx(ck.build_network(deep_supervision=False), card, onnx_path)
+
+
+def _postprocessing(config: StudyConfig, run_dir: Path, dataset: Path, name: str,
+                    provenance: dict[str, Any]) -> dict[str, Any]:
+    """The run's post-processing, chosen once on its own validation cases (``postprocessing.json``)."""
+    from distillation.checkpoint import load_checkpoint
+    from distillation.evaluate.postprocessing import decide_postprocessing
+
+    path = run_dir / "postprocessing.json"
+    if not path.is_file():
+        val = list((load_checkpoint(run_dir / FINAL).extra.get("split") or {}).get("val") or [])
+        if config.evaluation.choose_postprocessing and val:
+            bare = run_dir / "model-no-postprocessing.onnx"
+            _export(run_dir / FINAL, bare, name, provenance)
+            decision = decide_postprocessing(bare, dataset, val, threads=config.evaluation.threads)
+            bare.unlink()
+        else:
+            decision = {"largest_component": [], "cases": val,
+                        "rule": "none (switched off)" if val else "none (the run has no validation cases)"}
+        for stale in ("model.onnx", "evaluation.json", "latency.json", RESULT):  # made before the decision
+            (run_dir / stale).unlink(missing_ok=True)
+        _atomic_json(path, decision)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -148,10 +179,12 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
     ckpt = run_dir / FINAL
     cost = network_cost(ckpt)
     onnx_path = run_dir / "model.onnx"
+    name = f"{config.name}-{row['run']}"
+    provenance = {"width_factor": row["width"], "kd_method": row["kd"], "parameters": cost["parameters"],
+                  "dataset": dataset.name}
+    post = _postprocessing(config, run_dir, dataset, name, provenance)
     if not onnx_path.is_file():
-        _export(ckpt, onnx_path, f"{config.name}-{row['run']}",
-                {"width_factor": row["width"], "kd_method": row["kd"], "parameters": cost["parameters"],
-                 "dataset": dataset.name})
+        _export(ckpt, onnx_path, name, provenance, post["largest_component"])
     ev = config.evaluation
     eval_path = run_dir / "evaluation.json"
     if not eval_path.is_file():
@@ -174,6 +207,7 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
            "latency_window_s": lat["window_seconds"], "latency_case_s": lat["case_seconds"],
            "latency_case_network_s": lat["case_network_seconds"], "windows_per_case": lat["windows_per_case"],
            "threads": lat["threads"], "load_average_1min": lat["load_average_1min"],
+           "largest_component": post["largest_component"],
            **_training_summary(run_dir), "model": str(onnx_path)}
     _atomic_json(run_dir / RESULT, row)
     return row

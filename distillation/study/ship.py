@@ -8,7 +8,7 @@ use, and provenance (teacher, width, KD method, parameters, dataset, training, v
 Dice/HD95 per region measured through the node's inference)::
 
     python -m distillation.study.ship --student S.pt --teacher T.pt --evaluation eval.json \\
-        --dataset-note "..." --out card.json
+        --postprocessing postprocessing.json --dataset-note "..." --out card.json
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ DEFAULT_INTENDED_USE = ("Research and demonstration only. Trained on synthetic p
 
 
 def shipped_card(student: str | Path, teacher: str | Path, evaluation: str | Path, *, name: str, version: str,
-                 dataset_note: str = "") -> dict[str, Any]:
-    """The model card (a dict, validated by the node's card validator) for a shipped student."""
+                 dataset_note: str = "", largest_component: Sequence[int] = ()) -> dict[str, Any]:
+    """The model card (a dict, validated by the node's card validator) for a shipped student;
+    ``largest_component``: the post-processing the evaluation was made with (the study's
+    ``postprocessing.json``)."""
     from distillation.checkpoint import load_checkpoint
+    from distillation.evaluate.postprocessing import card_with_postprocessing
     from distillation.export import validate_card
     from distillation.networks import count_parameters
 
@@ -41,7 +44,7 @@ def shipped_card(student: str | Path, teacher: str | Path, evaluation: str | Pat
     t_params = count_parameters(t.build_network(deep_supervision=False))
     s_preset, t_preset = s.extra.get("preset", {}), t.extra.get("preset", {})
     feats = t.arch_kwargs.get("features_per_stage", [])
-    card = dict(s.card)
+    card = card_with_postprocessing(s.card, largest_component)
     card.update(name=name, version=version, intended_use=DEFAULT_INTENDED_USE,
                 description=(f"Brain-tumor segmentation (edema, necrotic core, enhancing tumor) from T1, T1ce, T2 "
                              f"and FLAIR: a width-{s.width_factor:g} {s.network_class_name} student "
@@ -76,10 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default="brain-tumor")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--dataset-note", default="", help="how the training data was made")
+    p.add_argument("--postprocessing", type=Path,
+                   help="the study's postprocessing.json for this student (what the evaluation ran with)")
     p.add_argument("--out", required=True, type=Path, help="card JSON to write")
     args = p.parse_args(argv)
+    lcc = (json.loads(args.postprocessing.read_text(encoding="utf-8"))["largest_component"]
+           if args.postprocessing else [])
     card = shipped_card(args.student, args.teacher, args.evaluation, name=args.name, version=args.version,
-                        dataset_note=args.dataset_note)
+                        dataset_note=args.dataset_note, largest_component=lcc)
     args.out.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     sys.stdout.write(f"wrote {args.out}\n")
     return 0
