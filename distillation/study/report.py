@@ -228,9 +228,17 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
              f"threads, the node's sliding window): Dice and HD95 per region, means over cases "
              f"(HD95 over cases where both masks are non-empty). Latency: median of {ev.latency_windows} "
              f"single windows and of {ev.latency_cases} whole cases, same runtime and threads for every model.",
-             "- GFLOPs: one forward pass of one window (patch size from the card), 2 × MACs.", ""]
+             "- GFLOPs: one forward pass of one window (patch size from the card), 2 × MACs.",
+             "- Post-processing: chosen per run on its own validation cases "
+             + ("(nnU-Net's rule: keep a label's largest connected component where that raises the label's "
+                "validation Dice) and carried in the scored model's card; the labels it applies to are listed "
+                "per run under the table." if ev.choose_postprocessing else "— switched off."), ""]
     if entries:
         lines += ["## Results", ""] + _table(entries) + [""]
+        lcc = [f"{r['run']}: {', '.join(map(str, r['largest_component'])) or 'none'}" for r in rows
+               if "largest_component" in r]
+        if lcc:
+            lines += ["Largest-component post-processing (label values): " + "; ".join(lcc) + ".", ""]
         loads = [r.get("load_average_1min") for r in rows if r.get("load_average_1min") is not None]
         if loads:
             lines += [f"Load average (1 min) while timing: {min(loads):.1f}–{max(loads):.1f} on "
