@@ -237,6 +237,11 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
     """
     from distillation.train import distill, train_teacher
 
+    known = {k.name for k in config.student_runs()}
+    unknown = [n for n in only if n not in known]
+    if unknown:  # before any work, not after the teacher's hour
+        raise ConfigError(f"--runs must name runs of {config.name} ({', '.join(sorted(known))}), "
+                          f"got {', '.join(unknown)}")
     work, docs = Path(work), Path(docs)
     work.mkdir(parents=True, exist_ok=True)
     _atomic_json(work / "study.json", config.to_json())
@@ -261,11 +266,6 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
-        known = {k.name for k in config.student_runs()}
-        unknown = [n for n in only if n not in known]
-        if unknown:
-            raise ConfigError(f"--runs must name runs of {config.name} ({', '.join(sorted(known))}), "
-                              f"got {', '.join(unknown)}")
         trained = 0
         for key in config.student_runs():
             out = work / "students" / key.name
