@@ -145,9 +145,8 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)  # (B, *spatial)
     if labels is None:
         return kl.mean() * t * t
-    masks = class_balanced_masks(downsample_labels(labels, kl.shape[1:]), student_logits.shape[1])
-    per_class = (masks * kl[:, None]).flatten(2).sum(-1)  # (B, K): mean KL within each class
-    present = (masks.flatten(2).sum(-1) > 0).float()
+    per_class, present = _class_means(kl, labels, student_logits.shape[1])
+    present = present.float()
     return (per_class.sum(1) / present.sum(1).clamp_min(1.0)).mean() * t * t
 
 
@@ -179,6 +178,13 @@ def class_balanced_masks(labels: torch.Tensor, num_classes: int) -> torch.Tensor
     return onehot / sizes.clamp_min(1.0).view(*sizes.shape, *([1] * (onehot.ndim - 2)))
 
 
+def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and class, the mean of ``values`` (B, *spatial) over that class's voxels (labels
+    resized to ``values``' grid), and whether the class is present: two (B, K) tensors."""
+    masks = class_balanced_masks(downsample_labels(labels, values.shape[1:]), num_classes)
+    return (masks * values[:, None]).flatten(2).sum(-1), masks.flatten(2).sum(-1) > 0
+
+
 def _spatial_attention(t: torch.Tensor) -> torch.Tensor:
     a = t.abs().mean(1)  # (B, *spatial)
     return a / a.flatten(1).mean(1).clamp_min(1e-8).view(-1, *([1] * (a.ndim - 1)))
@@ -203,10 +209,7 @@ def _sard_stage(projected: torch.Tensor, teacher: torch.Tensor, labels: torch.Te
     scale = t.pow(2).flatten(1).mean(1).clamp_min(1e-8)  # relative error: stage scale drops out
     err = (sq * ch.view(*ch.shape, *([1] * (sq.ndim - 2)))).mean(1) * sp  # (B, *s)
     err = err / scale.view(-1, *([1] * (err.ndim - 1)))
-    lab = downsample_labels(labels, teacher.shape[2:])
-    masks = class_balanced_masks(lab, num_classes)  # (B, K, *s)
-    per_class = (masks * err[:, None]).flatten(2).sum(-1)  # (B, K)
-    present = masks.flatten(2).sum(-1) > 0
+    per_class, present = _class_means(err, labels, num_classes)  # (B, K) each
     bg = per_class[:, 0]
     if num_classes > 1:
         fg_present = present[:, 1:].float()
