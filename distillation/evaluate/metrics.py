@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BRATS_REGIONS", "StructureMetrics", "structure_metrics", "case_metrics", "aggregate",
+__all__ = ["BRATS_REGIONS", "StructureMetrics", "dice", "structure_metrics", "case_metrics", "aggregate",
            "brats_regions_for"]
 
 # TEAM.md: whole tumor = {1,2,3}, tumor core = {2,3}, enhancing = {3}.
@@ -42,11 +42,23 @@ class StructureMetrics:
                 "reference_voxels": self.reference_voxels, "predicted_voxels": self.predicted_voxels}
 
 
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two binary masks (MONAI's ``compute_dice``), with the empty-mask convention above."""
+    import torch
+    from monai.metrics import compute_dice
+
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if not pred.any() or not ref.any():
+        return 1.0 if not pred.any() and not ref.any() else 0.0
+    p, r = (torch.from_numpy(m)[None, None].float() for m in (pred, ref))
+    return float(compute_dice(p, r, include_background=True)[0, 0])
+
+
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                       nsd_tolerance_mm: float = 1.0) -> StructureMetrics:
     """Dice, HD95 (mm) and NSD of two binary masks on one grid with ``spacing`` (z, y, x) mm."""
     import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
@@ -60,11 +72,10 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     p = torch.from_numpy(pred)[None, None].float()
     r = torch.from_numpy(ref)[None, None].float()
     sp = [float(s) for s in spacing]
-    dice = float(compute_dice(p, r, include_background=True)[0, 0])
     hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
     nsd = float(compute_surface_dice(p, r, class_thresholds=[float(nsd_tolerance_mm)], include_background=True,
                                      spacing=sp)[0, 0])
-    return StructureMetrics(dice, hd95, nsd, n_ref, n_pred)
+    return StructureMetrics(dice(pred, ref), hd95, nsd, n_ref, n_pred)
 
 
 def brats_regions_for(labels: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]:

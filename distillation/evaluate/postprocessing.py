@@ -16,14 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from distillation.evaluate.metrics import dice
 from pacsnode.inference.postprocessing import keep_largest_component
 
 __all__ = ["choose_largest_component", "decide_postprocessing", "card_with_postprocessing"]
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    inter, total = int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
-    return 1.0 if total == 0 else 2.0 * inter / total
 
 
 def choose_largest_component(cases: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -36,18 +32,18 @@ def choose_largest_component(cases: Sequence[tuple[np.ndarray, np.ndarray]],
     """
     if not cases:
         raise ValueError("choosing post-processing needs at least one validation case, got none")
-    chosen, dice = [], {}
+    chosen, means = [], {}
     for value in label_values:
         before, after = [], []
         for pred, ref in cases:
             r = ref == value
-            before.append(_dice(pred == value, r))
-            after.append(_dice(keep_largest_component(pred.copy(), [value]) == value, r))
+            before.append(dice(pred == value, r))
+            after.append(dice(keep_largest_component(pred.copy(), [value]) == value, r))
         b, a = float(np.mean(before)), float(np.mean(after))
-        dice[str(value)] = [b, a]
+        means[str(value)] = [b, a]
         if a > b:
             chosen.append(int(value))
-    return {"largest_component": chosen, "dice": dice}
+    return {"largest_component": chosen, "dice": means}
 
 
 def decide_postprocessing(model_path: str | os.PathLike, dataset: str | os.PathLike, identifiers: Sequence[str],
