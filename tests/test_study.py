@@ -118,11 +118,13 @@ def test_bundled_study_presets_parse() -> None:
     assert full.dataset.cases >= 200 and full.dataset.test_cases >= 40
     assert {k.width for k in full.student_runs()} == {0.5, 0.25, 0.125}
     assert {k.kd for k in full.student_runs()} == {"none", "logit", "sard", "ca", "logit+sard+ca"}
-    assert load_study("study-ct-small").dataset.kind == "ct"
+    ct = load_study("study-ct-small")
+    assert ct.dataset.kind == "ct" and {k.kd for k in ct.student_runs()} == {"none", "logit", "logit+sard+ca"}
     cpu = load_study("study-brain-cpu")
     assert cpu.dataset.tumor_radius_mm == "8,35" and cpu.training.preset == "brain-cpu-adamw"
     assert [k.name for k in cpu.student_runs()][:2] == ["w0.25-none-s0", "w0.25-logit-s0"]
-    assert {k.seed for k in cpu.student_runs()} == {0, 1}
+    assert {k.seed for k in cpu.student_runs()} == {0, 1, 2}
+    assert {k.kd for k in cpu.student_runs() if k.width == 0.25} == {"none", "logit", "sard", "ca", "logit+sard+ca"}
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
