@@ -55,3 +55,21 @@ def test_kd_must_win_on_every_region(worse: int) -> None:
     rows = [TEACHER, _row("student", 0.25, "none", 0, (0.90, 0.88, 0.85), 2.0),
             _row("student", 0.25, "logit", 0, tuple(kd), 2.0)]
     assert "**not met**" in _lines(rows)["kd"]
+
+
+def test_kd_vs_no_kd_is_also_paired_by_seed() -> None:
+    rows = [TEACHER,
+            _row("student", 0.25, "none", 0, (0.90, 0.88, 0.80), 2.0),
+            _row("student", 0.25, "none", 1, (0.90, 0.90, 0.90), 2.0),
+            _row("student", 0.25, "none", 2, (0.90, 0.86, 0.85), 2.0),
+            _row("student", 0.25, "logit", 0, (0.95, 0.92, 0.90), 2.0),
+            _row("student", 0.25, "logit", 1, (0.95, 0.89, 0.88), 2.0),
+            _row("student", 0.25, "logit", 3, (0.95, 0.92, 0.90), 2.0)]
+    kd = _lines(rows)["kd"]
+    assert "Paired by seed (0,1), KD ahead on: whole_tumor 2/2, tumor_core 1/2, enhancing 1/2." in kd
+
+
+def test_one_shared_seed_gives_no_paired_count() -> None:
+    rows = [TEACHER, _row("student", 0.25, "none", 0, (0.90, 0.88, 0.85), 2.0),
+            _row("student", 0.25, "logit", 0, (0.95, 0.93, 0.91), 2.0)]
+    assert "Paired by seed" not in _lines(rows)["kd"]

@@ -45,6 +45,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[field] = _stats([r.get(field) for r in rs])
         entry["dice"] = {s: _stats([r["dice"].get(s) for r in rs]) for s in structures}
         entry["hd95"] = {s: _stats([r["hd95"].get(s) for r in rs]) for s in structures}
+        entry["seed_dice"] = {r["seed"]: r["dice"] for r in rs}
         entry["curves"] = [(r["seed"], r.get("curve", [])) for r in rs]
         out.append(entry)
     order = {"teacher": 0, "student": 1}
@@ -62,6 +63,19 @@ def _fmt(stat: tuple[float | None, float | None], digits: int = 3) -> str:
 
 def _width(w: float) -> str:
     return "1 (teacher)" if w == 1 else f"1/{round(1 / w):d}" if abs(1 / w - round(1 / w)) < 1e-6 else f"{w:g}"
+
+
+def _paired(kd: dict[str, Any], none: dict[str, Any]) -> str:
+    """Seed by seed (same seed: same initialisation and patch order), on how many seeds KD is ahead per region."""
+    common = sorted(set(kd["seed_dice"]) & set(none["seed_dice"]))
+    if len(common) < 2:
+        return ""
+    counts = []
+    for s in kd["structures"]:
+        pairs = [(kd["seed_dice"][k].get(s), none["seed_dice"][k].get(s)) for k in common]
+        ahead = sum(1 for a, b in pairs if a is not None and b is not None and a > b)
+        counts.append(f"{s} {ahead}/{len(common)}")
+    return f" Paired by seed ({','.join(map(str, common))}), KD ahead on: {', '.join(counts)}."
 
 
 def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -106,7 +120,7 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
         caveat = (f" The gap on {', '.join(unclear)} is within the seed-to-seed spread (±1 sd): "
                   "more seeds would be needed to call it." if unclear else "")
         lines.append(f"- KD beats no KD at width {_width(width)} on each region (best KD = {best['kd']}; {seeds}): "
-                     f"{'; '.join(per)} → **{'met' if wins else 'not met'}**.{caveat}")
+                     f"{'; '.join(per)} → **{'met' if wins else 'not met'}**.{caveat}{_paired(best, none)}")
     quarter = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["latency_case_s"][0] is not None]
     if quarter and t_case:
         lat = statistics.fmean(e["latency_case_s"][0] for e in quarter)
