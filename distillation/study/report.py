@@ -184,7 +184,7 @@ def _plots(config: StudyConfig, entries: Sequence[dict[str, Any]], docs: Path) -
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean Dice over regions (held-out)")
-        ax.set_title(f"{config.report.title}: Dice vs {xlabel.split(' (')[0]}")
+        ax.set_title(f"{config.report.title}:\nDice vs {xlabel.split(' (')[0]}", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
