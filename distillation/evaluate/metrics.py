@@ -45,12 +45,17 @@ class StructureMetrics:
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice of two binary masks (MONAI's ``compute_dice``), with the empty-mask convention above."""
     import torch
-    from monai.metrics import compute_dice
 
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if not pred.any() or not ref.any():
         return 1.0 if not pred.any() and not ref.any() else 0.0
-    p, r = (torch.from_numpy(m)[None, None].float() for m in (pred, ref))
+    return _monai_dice(*(torch.from_numpy(m)[None, None].float() for m in (pred, ref)))
+
+
+def _monai_dice(p: Any, r: Any) -> float:
+    """MONAI's Dice of two non-empty (1, 1, *spatial) float mask tensors."""
+    from monai.metrics import compute_dice
+
     return float(compute_dice(p, r, include_background=True)[0, 0])
 
 
@@ -75,7 +80,7 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
     nsd = float(compute_surface_dice(p, r, class_thresholds=[float(nsd_tolerance_mm)], include_background=True,
                                      spacing=sp)[0, 0])
-    return StructureMetrics(dice(pred, ref), hd95, nsd, n_ref, n_pred)
+    return StructureMetrics(_monai_dice(p, r), hd95, nsd, n_ref, n_pred)
 
 
 def brats_regions_for(labels: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, ...]]:
