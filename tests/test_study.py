@@ -125,6 +125,13 @@ def test_bundled_study_presets_parse() -> None:
     assert [k.name for k in cpu.student_runs()][:2] == ["w0.25-none-s0", "w0.25-logit-s0"]
     assert {k.seed for k in cpu.student_runs()} == {0, 1, 2}
     assert {k.kd for k in cpu.student_runs() if k.width == 0.25} == {"none", "logit", "sard", "ca", "logit+sard+ca"}
+    big = load_study("study-brain-cpu-200")  # the dataset size at the CPU study's resolution
+    assert (big.dataset.cases, big.dataset.test_cases) == (200, 40)
+    assert (big.dataset.seed, big.dataset.spacing, big.dataset.tumor_radius_mm) == (1000, "2", "8,35")
+    assert big.training.teacher_epochs == 2 * cpu.training.teacher_epochs
+    assert {(k.width, k.kd) for k in big.student_runs()} == {
+        (w, kd) for w in (0.5, 0.25, 0.125) for kd in ("none", "logit+sard+ca")}
+    assert big.report.stem != cpu.report.stem
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
