@@ -28,7 +28,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-students", type=int, help="train at most this many students in this call")
     p.add_argument("--runs", default="", metavar="NAMES",
                    help="train only these student runs, comma-separated (e.g. w0.25-logit-s0), so that "
-                        "several processes or machines can share one --work folder")
+                        "several processes or machines can share one --work folder; runs without KD need only "
+                        "the teacher's plan, so they start while another process still trains the teacher")
+    p.add_argument("--no-measure", action="store_true",
+                   help="train only: export, score and time nothing (a later call without it measures what "
+                        "has finished, ideally on an idle machine, as latency is timed)")
     p.set_defaults(func=_run)
 
 
@@ -43,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-students must be zero or more, got {args.max_students}")
     result = run_study(config, args.work, args.docs, teacher=args.teacher, report_only=args.report_only,
                        max_students=args.max_students,
-                       only=[n.strip() for n in args.runs.split(",") if n.strip()])
+                       only=[n.strip() for n in args.runs.split(",") if n.strip()], measure=not args.no_measure)
     sys.stdout.write(json.dumps({"rows": len(result.rows), "pending": result.pending,
                                  "results": str(result.results_json), "markdown": str(result.markdown),
                                  "plots": [str(p) for p in result.plots]}, indent=2) + "\n")

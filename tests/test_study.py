@@ -4,6 +4,7 @@ the measured fields, resumes without retraining, and rejects bad presets with a 
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -160,3 +161,40 @@ def test_cli_rejects_unknown_preset(capsys: pytest.CaptureFixture[str], tmp_path
     assert main(["study", "study-nope", "--work", str(tmp_path)]) == 2
     assert "CONFIG must be a study preset file or a bundled study preset name, got 'study-nope'" in \
         capsys.readouterr().err
+
+
+def test_no_measure_trains_and_a_later_call_measures(micro: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(micro["work"] / "data", work / "data")  # the phantoms only: teacher and student train here
+    common = ["study", str(micro["config"]), "--work", str(work), "--docs", str(tmp_path / "docs")]
+    assert main([*common, "--no-measure"]) == 0
+    student = work / "students" / "w0.5-logit-s0"
+    assert (work / "teacher" / "checkpoint_final.pt").is_file() and (student / "checkpoint_final.pt").is_file()
+    for run_dir in (work / "teacher", student):
+        assert not (run_dir / "model.onnx").exists() and not (run_dir / "result.json").exists()
+    assert json.loads((work / "results.json").read_text())["pending"] == ["w0.5-logit-s0"]
+    before = (student / "checkpoint_final.pt").stat().st_mtime_ns
+    assert main(common) == 0
+    results = json.loads((work / "results.json").read_text())
+    assert {r["run"] for r in results["rows"]} == {"teacher", "w0.5-logit-s0"} and results["pending"] == []
+    assert (student / "checkpoint_final.pt").stat().st_mtime_ns == before
+
+
+def test_no_kd_runs_train_from_the_plan_of_a_teacher_still_training(micro: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "study-micro-none.toml"
+    config.write_text(micro["config"].read_text().replace('runs = ["0.5:logit"]', 'runs = ["0.5:logit", "0.5:none"]'))
+    work = tmp_path / "work"
+    shutil.copytree(micro["work"] / "data", work / "data")
+    common = ["study", str(config), "--work", str(work), "--docs", str(tmp_path / "docs"), "--no-measure"]
+    assert main([*common, "--runs", "w0.5-none-s0"]) == 2  # no teacher checkpoint yet: a message, no training
+    assert not (work / "students" / "w0.5-none-s0").exists()
+    (work / "teacher").mkdir()  # a teacher mid-training: its latest checkpoint, no final one
+    shutil.copyfile(micro["work"] / "teacher" / "checkpoint_latest.pt", work / "teacher" / "checkpoint_latest.pt")
+    assert main([*common, "--runs", "w0.5-none-s0"]) == 0
+    assert not (work / "teacher" / "checkpoint_final.pt").exists()  # the teacher was left to its own process
+    plan = work / "teacher" / "checkpoint_plan.pt"
+    from distillation.checkpoint import load_checkpoint
+
+    student = load_checkpoint(work / "students" / "w0.5-none-s0" / "checkpoint_final.pt")
+    assert plan.is_file() and Path(student.card["provenance"]["teacher"]) == plan
+    assert not (work / "students" / "w0.5-logit-s0").exists()

@@ -10,6 +10,13 @@ it finished, so running the same command again skips what is done and resumes wh
     WORK/students/w0.25-logit-s0/       the same per student
     WORK/results.json                   every finished row, then DOCS/<stem>.md and the plots
 
+Two processes (or machines) can share WORK: ``--runs`` names the student runs a call may train, and
+``--no-measure`` trains without exporting or scoring, so that latency is timed later, by one call,
+on an idle machine. A student without KD takes only the teacher's architecture and plan, never its
+weights, so a call whose ``--runs`` are all no-KD runs does not wait for the teacher: while the
+teacher is still training (in another process) it starts from a copy of the teacher's latest
+checkpoint, ``WORK/teacher/checkpoint_plan.pt``, which its card names as the teacher.
+
 Before a run is scored its post-processing is chosen on its own validation cases (nnU-Net's
 rule: keep a label's largest connected component where that raises the label's validation Dice,
 :mod:`distillation.evaluate.postprocessing`) and written into the exported model's card, so the
@@ -28,6 +35,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 FINAL = "checkpoint_final.pt"
 LATEST = "checkpoint_latest.pt"
+PLAN = "checkpoint_plan.pt"  # a copy of the teacher's latest checkpoint, for no-KD students (plan only)
 RESULT = "result.json"
 
 _PHANTOM_DATASETS = {"brain": (501, "BrainTumorPhantom"), "ct": (502, "AbdomenCTPhantom")}
@@ -226,16 +235,17 @@ def collect_rows(work: Path) -> list[dict[str, Any]]:
 
 def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teacher: str | Path | None = None,
               report_only: bool = False, max_students: int | None = None,
-              only: Sequence[str] = ()) -> StudyResult:
+              only: Sequence[str] = (), measure: bool = True) -> StudyResult:
     """Run (or resume) the whole study and write the report; see the module docstring.
 
     ``teacher`` reuses an existing teacher checkpoint (same dataset and plan) instead of training
     one; ``report_only`` trains nothing and reports what is finished; ``max_students`` stops after
     that many student runs have been trained in this call (the rest are listed as pending);
     ``only`` names the student runs this call may train (e.g. one per process or machine sharing
-    WORK), the others are left as they are.
+    WORK), the others are left as they are; ``measure=False`` trains without exporting, scoring or
+    timing anything (a later call measures what has finished).
     """
-    from distillation.train import distill, train_teacher
+    from distillation.train import train_teacher
 
     known = {k.name for k in config.student_runs()}
     unknown = [n for n in only if n not in known]
@@ -248,8 +258,12 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
     pending: list[str] = []
     dataset = dataset_dir(config, work)
     if not report_only:
-        dataset = _ensure_dataset(config, work)
         teacher_dir = work / "teacher"
+        plan_only = (teacher is None and bool(only) and not (teacher_dir / FINAL).is_file()
+                     and all(k.kd == "none" for k in config.student_runs() if k.name in only))
+        if plan_only:  # another process trains the teacher; these students need only its plan
+            return _train_from_plan(config, work, docs, only, measure)
+        dataset = _ensure_dataset(config, work)
         teacher_dir.mkdir(exist_ok=True)
         teacher_ckpt = Path(teacher) if teacher else teacher_dir / FINAL
         if teacher is None:
@@ -262,7 +276,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             src_metrics = teacher_ckpt.parent / "metrics.json"
             if src_metrics.is_file() and not (teacher_dir / "metrics.json").exists():
                 (teacher_dir / "metrics.json").symlink_to(src_metrics.resolve())
-        if not (teacher_dir / RESULT).is_file():
+        if measure and not (teacher_dir / RESULT).is_file():
             _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
@@ -277,14 +291,50 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             if max_students is not None and trained >= max_students and not (out / FINAL).is_file():
                 pending.append(key.name)
                 continue
-            out.mkdir(parents=True, exist_ok=True)
-            spent = _train(f"student {key.name}", out, lambda resume, key=key, out=out: distill(
-                make_preset(config, "student", key.seed, key.kd), teacher_dir / FINAL, key.width, dataset, out,
-                resume=resume))
-            trained += spent > 0
+            trained += _train_student(config, key, out, teacher_dir / FINAL, dataset) > 0
+            if not measure:
+                pending.append(key.name)
+                continue
             _measure(config, out, dataset, _student_row(key))
             _report(config, work, docs, _not_done(config, work))  # an interrupted study still has a report
         return _report(config, work, docs, pending)
+    return _report(config, work, docs, _not_done(config, work))
+
+
+def _train_student(config: StudyConfig, key: RunKey, out: Path, teacher: Path, dataset: Path) -> float:
+    from distillation.train import distill
+
+    out.mkdir(parents=True, exist_ok=True)
+    return _train(f"student {key.name}", out, lambda resume: distill(
+        make_preset(config, "student", key.seed, key.kd), teacher, key.width, dataset, out, resume=resume))
+
+
+def _teacher_plan(work: Path) -> Path:
+    """``teacher/checkpoint_plan.pt``: a stable copy of the training teacher's latest checkpoint."""
+    plan, latest = work / "teacher" / PLAN, work / "teacher" / LATEST
+    if not plan.is_file():
+        if not latest.is_file():
+            raise ConfigError(f"--runs names only runs without KD, which take the teacher's plan, but {work / 'teacher'} "
+                              f"holds no checkpoint yet: start the teacher first (distill study CONFIG --work {work}), "
+                              "then run this call once its first checkpoint is written")
+        tmp = plan.with_name(f"{PLAN}.{os.getpid()}.tmp")
+        shutil.copyfile(latest, tmp)  # the teacher's process replaces LATEST atomically; this copy stays put
+        os.replace(tmp, plan)
+    return plan
+
+
+def _train_from_plan(config: StudyConfig, work: Path, docs: Path, only: Sequence[str],
+                     measure: bool) -> StudyResult:
+    """Train the named no-KD runs from the teacher's plan while another process trains the teacher."""
+    plan = _teacher_plan(work)
+    dataset = dataset_dir(config, work)
+    log.info("study: the teacher has not finished; no-KD runs start from its plan (%s)", plan)
+    for key in config.student_runs():
+        out = work / "students" / key.name
+        if key.name in only and not (out / RESULT).is_file():
+            _train_student(config, key, out, plan, dataset)
+            if measure:
+                _measure(config, out, dataset, _student_row(key))
     return _report(config, work, docs, _not_done(config, work))
 
 
