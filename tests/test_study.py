@@ -66,6 +66,7 @@ def test_study_writes_table_and_plots(micro: dict[str, Path]) -> None:
     assert "| teacher | 1 (teacher) | - | 0 |" in md
     assert "| student | 1/2 | logit | 0 |" in md
     assert "## Targets, as measured" in md
+    assert "## Failed cases" in md and "| run | failed cases | shared with the teacher |" in md
     assert "Largest-component post-processing (label values): teacher: " in md
     for suffix in ("dice-params", "dice-latency", "curves"):
         png = micro["docs"] / f"micro-{suffix}.png"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distillation.study.config import StudyConfig
+from distillation.study.failures import failure_lines
 
 __all__ = ["summarise", "targets", "write_report", "TABLE_COLUMNS"]
 
@@ -258,6 +259,9 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
             lines += [f"Load average (1 min) while timing: {min(loads):.1f}–{max(loads):.1f} on "
                       f"{os.cpu_count()} CPUs (shared machine: latencies are indicative).", ""]
         lines += ["## Targets, as measured", ""] + targets(entries) + [""]
+        failures = failure_lines(rows)
+        if failures:
+            lines += ["## Failed cases", ""] + failures
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     else:
         lines += ["No run has finished yet.", ""]

@@ -1,0 +1,70 @@
+"""The held-out cases each run fails on, and which of them the teacher fails on too.
+
+A mean Dice over 40 cases moves by up to 0.025 for each case a model misses outright, so two
+failures can decide a comparison between runs that agree everywhere else. Listing them per run,
+marked where the teacher fails on the same case, shows what a mean hides: whether a KD student has
+learnt its teacher's mistakes (a no-KD student never sees the teacher's outputs, so what it shares
+with the teacher is chance or a hard case).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAIL_DICE", "failed_cases", "failure_lines"]
+
+FAIL_DICE = 0.5
+
+
+def failed_cases(evaluation: dict[str, Any], structures: Sequence[str],
+                 threshold: float = FAIL_DICE) -> dict[str, dict[str, float]]:
+    """``{case: {structure: dice}}`` for the cases where some structure's Dice is below ``threshold``."""
+    out: dict[str, dict[str, float]] = {}
+    for case, metrics in sorted(evaluation["cases"].items()):
+        low = {s: float(metrics[s]["dice"]) for s in structures
+               if metrics.get(s, {}).get("dice") is not None and float(metrics[s]["dice"]) < threshold}
+        if low:
+            out[case] = low
+    return out
+
+
+def _evaluation(row: dict[str, Any]) -> dict[str, Any] | None:
+    path = Path(row["model"]).with_name("evaluation.json") if row.get("model") else None
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
+
+
+def failure_lines(rows: Sequence[dict[str, Any]], threshold: float = FAIL_DICE) -> list[str]:
+    """The report's section: one table row per run with failures, then how many the teacher shares."""
+    failed = {}
+    for row in rows:
+        evaluation = _evaluation(row)
+        if evaluation is not None:
+            failed[row["run"]] = (row, failed_cases(evaluation, row["structures"], threshold))
+    if not failed:
+        return []
+    teacher = next((cases for row, cases in failed.values() if row["role"] == "teacher"), None)
+    lines = [f"Held-out cases where a region's Dice is below {threshold:g}, per run"
+             + (" (`*`: the teacher fails on that case too)." if teacher is not None else "."), "",
+             "| run | failed cases | shared with the teacher |", "|---|---|---|"]
+    shared: dict[str, list[int]] = {"KD": [0, 0], "no KD": [0, 0]}
+    for run, (row, cases) in failed.items():
+        if not cases:
+            lines.append(f"| {run} | none | |")
+            continue
+        mark = teacher is not None and row["role"] != "teacher"
+        cells = [f"{case}{'*' if mark and case in teacher else ''} ("
+                 + ", ".join(f"{s} {d:.2f}" for s, d in low.items()) + ")" for case, low in cases.items()]
+        common = sum(1 for case in cases if teacher is not None and case in teacher)
+        share = "" if row["role"] == "teacher" or teacher is None else f"{common} of {len(cases)}"
+        if share:
+            counts = shared["no KD" if row["kd"] == "none" else "KD"]
+            counts[0] += common
+            counts[1] += len(cases)
+        lines.append(f"| {run} | {'; '.join(cells)} | {share} |")
+    if teacher is not None:
+        lines += ["", f"The teacher fails on {len(teacher)} case(s). Student failures the teacher shares: "
+                  + "; ".join(f"{kind} runs {c} of {n}" for kind, (c, n) in shared.items()) + "."]
+    return lines + [""]
