@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distillation.cli_import_nnunet",
     "distillation.cli_export",
     "distillation.cli_evaluate",
+    "distillation.cli_show_case",
     "distillation.cli_study",
 )
 

@@ -122,6 +122,15 @@ def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
     for case in res["cases"].values():
         assert 0.0 <= case["Lesion"]["dice"] <= 1.0 and case["Lesion"]["reference_voxels"] == 512
     assert "one empty" in res["settings"]["empty_mask_convention"]
+    # the same model and case, as a picture
+    png = tmp_path / "case.png"
+    rc = distill_main(["show-case", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--case", "case_001",
+                       "--channel", "1", "--out", str(png)])
+    assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert distill_main(["show-case", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--case", "case_009",
+                         "--out", str(png)]) == 2  # no such case: a message, not a traceback
+    assert distill_main(["show-case", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--case", "case_001",
+                         "--channel", "2", "--out", str(png)]) == 2
 
 
 def test_largest_component_is_kept_only_where_it_raises_validation_dice() -> None:

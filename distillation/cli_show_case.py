@@ -1,0 +1,57 @@
+"""``distill show-case MODEL.onnx ... --dataset DIR --case ID --out case.png``: look at one case."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "show-case", help="picture of one case: image, reference and each model's prediction",
+        description="Run each MODEL.onnx with pacsnode's inference (as `distill evaluate` does) on one case of an "
+                    "nnU-Net raw dataset and draw the image, the reference and every prediction on the slice "
+                    "where the reference is largest and through each model's largest false-positive component.")
+    p.add_argument("models", nargs="+", type=Path,
+                   help="exported .onnx files; a file named model.onnx is titled by its folder (a study run)")
+    p.add_argument("--dataset", required=True, type=Path, help="nnU-Net raw dataset folder")
+    p.add_argument("--case", required=True, help="case identifier, e.g. case_0220")
+    p.add_argument("--split", default="Ts", choices=["Ts", "Tr"], help="images/labels split (default Ts)")
+    p.add_argument("--channel", type=int, default=0, help="image channel drawn under the labels (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run)
+
+
+def _title(model: Path) -> str:
+    return model.parent.name if model.stem == "model" else model.stem
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distillation.evaluate.case_figure import case_figure, slices_to_show
+    from distillation.evaluate.run import predict_cases
+    from pacsnode.inference import Model
+
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        raise FileNotFoundError(f"every model must be an .onnx file, got {', '.join(missing)}")
+    predictions = {}
+    for path in args.models:
+        model = Model.load(path, threads=args.threads)
+        [(case, predictions[_title(path)], reference, _)] = predict_cases(
+            model, args.dataset, args.split, identifiers=[args.case], progress=False)
+    image = case.load_images()[0]
+    if not 0 <= args.channel < image.shape[0]:
+        raise ValueError(f"--channel must be 0 to {image.shape[0] - 1} for this dataset, got {args.channel}")
+    meta = json.loads((args.dataset / "dataset.json").read_text(encoding="utf-8"))
+    names = {int(v): k for k, v in (meta.get("labels") or {}).items() if not isinstance(v, list) and int(v) > 0}
+    out = case_figure(image[args.channel], reference, predictions, args.out,
+                      title=f"{args.case} ({args.dataset.name}, images{args.split})", label_names=names)
+    sys.stdout.write(json.dumps({"out": str(out), "slices": [{"slice": k, "why": why} for k, why in
+                                                             slices_to_show(reference, predictions)]}, indent=2) + "\n")
+    return 0
