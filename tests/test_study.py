@@ -133,6 +133,8 @@ def test_bundled_study_presets_parse() -> None:
     assert big.training.teacher_epochs == 2 * cpu.training.teacher_epochs
     assert {(k.width, k.kd) for k in big.student_runs()} == {
         (w, kd) for w in (0.5, 0.25, 0.125) for kd in ("none", "logit+sard+ca")}
+    assert {(k.width, k.seed) for k in big.student_runs()} == {  # three seeds for the width-1/4 pair only
+        (0.5, 0), (0.125, 0), (0.25, 0), (0.25, 1), (0.25, 2)}
     assert big.report.stem != cpu.report.stem
 
 
@@ -152,6 +154,8 @@ def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path
     ({"dataset": {"kind": "liver"}}, r"dataset\.kind must be"),
     ({"students": {"kd": ["logit", "magic"]}}, r"students\.kd must be recipes from none, logit"),
     ({"students": {"runs": ["0.25:logit", "2:none"]}}, r"students\.runs\[1\] must be 'WIDTH:RECIPE'.*got '2:none'"),
+    ({"students": {"runs": ["0.25:logit@0,0"]}}, r"students\.runs\[0\] must be .*distinct integer seeds"),
+    ({"students": {"runs": ["0.25:logit@x"]}}, r"students\.runs\[0\] must be .*got '0\.25:logit@x'"),
 ])
 def test_bad_study_preset_names_the_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -199,3 +203,9 @@ def test_no_kd_runs_train_from_the_plan_of_a_teacher_still_training(micro: dict[
     student = load_checkpoint(work / "students" / "w0.5-none-s0" / "checkpoint_final.pt")
     assert plan.is_file() and Path(student.card["provenance"]["teacher"]) == plan
     assert not (work / "students" / "w0.5-logit-s0").exists()
+
+
+def test_a_run_with_its_own_seeds_trains_after_the_shared_seeds() -> None:
+    config = parse_study({"students": {"runs": ["0.25:none@0,2", "0.5:logit"], "seeds": [1, 0]}})
+    assert [k.name for k in config.student_runs()] == ["w0.5-logit-s1", "w0.25-none-s0", "w0.5-logit-s0",
+                                                       "w0.25-none-s2"]

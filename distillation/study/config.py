@@ -66,7 +66,10 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class StudentsSpec:
-    """[students]: the grid ``widths × kd`` (or exactly ``runs``, as "WIDTH:RECIPE"), once per seed."""
+    """[students]: the grid ``widths × kd`` (or exactly ``runs``, as "WIDTH:RECIPE"), once per seed.
+
+    A run written "WIDTH:RECIPE@0,1,2" has its own seeds, so that the comparison that needs a
+    spread gets more seeds than the rest of the grid."""
 
     widths: tuple[float, ...] = field(default=(0.5, 0.25, 0.125), metadata=_check(
         lambda v: all(0 < w <= 1 for w in v), "numbers in (0, 1]"))
@@ -122,11 +125,13 @@ class StudyConfig:
 
     def student_runs(self) -> list[RunKey]:
         """Every student run, in the order they are trained (seed-major, then width, then recipe)."""
+        seeds = tuple(self.students.seeds)
         if self.students.runs:
-            pairs = [_parse_run(r, i) for i, r in enumerate(self.students.runs)]
+            grid = [_parse_run(r, i, seeds) for i, r in enumerate(self.students.runs)]
         else:
-            pairs = [(w, k) for w in self.students.widths for k in self.students.kd]
-        return [RunKey(w, k, s) for s in self.students.seeds for w, k in pairs]
+            grid = [(w, k, seeds) for w in self.students.widths for k in self.students.kd]
+        extra = sorted({s for _, _, run_seeds in grid for s in run_seeds} - set(seeds))  # only "@" seeds
+        return [RunKey(w, k, s) for s in (*seeds, *extra) for w, k, run_seeds in grid if s in run_seeds]
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -134,16 +139,18 @@ class StudyConfig:
         return asdict(self)
 
 
-def _parse_run(text: str, i: int) -> tuple[float, str]:
-    width, _, kd = text.partition(":")
+def _parse_run(text: str, i: int, seeds: tuple[int, ...]) -> tuple[float, str, tuple[int, ...]]:
+    run, at, seed_text = text.partition("@")
+    width, _, kd = run.partition(":")
     try:
         w = float(width)
+        run_seeds = tuple(int(s) for s in seed_text.split(",")) if at else seeds
     except ValueError:
-        w = -1.0
-    if not 0 < w <= 1 or kd not in KD_RECIPES:
-        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE' with WIDTH in (0, 1] and RECIPE from "
-                          f"{', '.join(KD_RECIPES)}, got {text!r}")
-    return w, kd
+        w, run_seeds = -1.0, ()
+    if not 0 < w <= 1 or kd not in KD_RECIPES or not run_seeds or len(set(run_seeds)) != len(run_seeds):
+        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE' or 'WIDTH:RECIPE@SEED,SEED,...' with WIDTH "
+                          f"in (0, 1], RECIPE from {', '.join(KD_RECIPES)} and distinct integer seeds, got {text!r}")
+    return w, kd, run_seeds
 
 
 def parse_study(data: Mapping[str, Any]) -> StudyConfig:
