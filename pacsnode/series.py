@@ -10,9 +10,12 @@ handed to the completion callback (routing). This is an idle timer re-armed by e
 instance that costs one job-store write per unit instead of one per instance.
 
 Restart: the job store keeps the timers, and :meth:`Completeness.resume` re-arms every
-unit the ledger shows receiving (a timer lost in a crash is re-created; a due one fires
-at once). Completing is idempotent in the ledger (receiving → complete only once per
-generation), so a timer can never complete a unit twice.
+unit the ledger shows receiving (a timer lost in a crash is re-created). The quiet period
+of a unit still receiving starts again when the node starts: while the node was down its
+senders could not reach it (a PACS resends after a failed association), so the time it
+was down is not silence, and a crash or restart longer than ``stable_seconds`` never
+completes a half-received series. Completing is idempotent in the ledger (receiving →
+complete only once per generation), so a timer can never complete a unit twice.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Completeness:
         self.on_complete = on_complete
         self._armed: set[str] = set()
         self._lock = threading.Lock()
+        self._up_since = time.time()  # no unit is quiet for longer than the node has been up
 
     def unit_of(self, study_uid: str, series_uid: str) -> tuple[str, str]:
         return unit_of(study_uid, series_uid, self.settings.group_by)
@@ -94,7 +98,7 @@ class Completeness:
         if unit.state is not SeriesState.RECEIVING:
             return
         now = time.time()
-        due = unit.last_received_at + self.settings.stable_seconds
+        due = max(unit.last_received_at, self._up_since) + self.settings.stable_seconds
         if due > now + 0.01:
             self.arm(unit_uid, due)
             return
@@ -109,6 +113,7 @@ class Completeness:
         """Re-arm the timer of every unit still receiving; returns how many."""
         units = self.ledger.units([SeriesState.RECEIVING])
         now = time.time()
+        self._up_since = max(self._up_since, now)
         for u in units:
-            self.arm(u.uid, max(now, u.last_received_at + self.settings.stable_seconds))
+            self.arm(u.uid, max(u.last_received_at, self._up_since) + self.settings.stable_seconds)
         return len(units)

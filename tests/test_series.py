@@ -76,3 +76,29 @@ def test_timer_persists_across_restart(tmp_path: Path) -> None:
     finally:
         second.shutdown()
         ledger.close()
+
+
+def test_a_unit_still_receiving_gets_a_full_quiet_period_after_a_restart(tmp_path: Path) -> None:
+    # the node was down for longer than stable_seconds mid-series: the sender could not reach it,
+    # so the unit must wait a whole quiet period from the restart for the resend, not complete at once
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    settings = SeriesSettings(group_by="series", stable_seconds=1.5)
+    out = ledger.record_instance(
+        InstanceRecord("1.1", "1.2", "1.2.3.4", "1.2.3", Path("/x/1.1"), 1, "1.2.840.10008.1.2.1"),
+        SeriesAttributes(), unit_uid="1.2.3.4", unit_kind="series", now=time.time() - 60)
+    assert out.unit_created
+    fired: list[tuple[str, int]] = []
+    sched = Scheduler(tmp_path, SchedulerSettings())
+    c = Completeness(ledger, sched, settings, lambda u, g: fired.append((u, g)))
+    register_handler(STABLE_HANDLER, c.fired)
+    sched.start()
+    started = time.time()
+    assert c.resume() == 1
+    try:
+        time.sleep(0.8)
+        assert fired == [] and ledger.unit("1.2.3.4").state is SeriesState.RECEIVING
+        _wait(lambda: fired)
+        assert fired == [("1.2.3.4", 1)] and time.time() - started >= 1.5
+    finally:
+        sched.shutdown()
+        ledger.close()
