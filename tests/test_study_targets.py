@@ -73,3 +73,14 @@ def test_one_shared_seed_gives_no_paired_count() -> None:
     rows = [TEACHER, _row("student", 0.25, "none", 0, (0.90, 0.88, 0.85), 2.0),
             _row("student", 0.25, "logit", 0, (0.95, 0.93, 0.91), 2.0)]
     assert "Paired by seed" not in _lines(rows)["kd"]
+
+
+def test_kd_is_compared_on_the_seeds_it_shares_with_no_kd() -> None:
+    # logit alone has the best mean on its one seed; the full recipe shares all three seeds with no KD
+    rows = [TEACHER,
+            *[_row("student", 0.25, "none", s, (0.90, 0.88, 0.85), 2.0) for s in range(3)],
+            *[_row("student", 0.25, "logit+sard+ca", s, (0.91, 0.89, 0.86), 2.0) for s in range(3)],
+            _row("student", 0.25, "logit", 0, (0.99, 0.80, 0.99), 2.0)]
+    kd = _lines(rows)["kd"]
+    assert "KD run = logit+sard+ca" in kd and "means over seeds 0,1,2 vs 0,1,2" in kd and "**met**" in kd
+    assert "(logit) 0.927 vs teacher" in _lines(rows)["ratio"]  # the ratio target still takes the best mean
