@@ -112,8 +112,7 @@ class Completeness:
     def resume(self) -> int:
         """Re-arm the timer of every unit still receiving; returns how many."""
         units = self.ledger.units([SeriesState.RECEIVING])
-        now = time.time()
-        self._up_since = max(self._up_since, now)
+        self._up_since = max(self._up_since, time.time())
         for u in units:
             self.arm(u.uid, max(u.last_received_at, self._up_since) + self.settings.stable_seconds)
         return len(units)
