@@ -33,7 +33,10 @@ def _title(model: Path) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from distillation.evaluate.case_figure import case_figure, slices_to_show
+    from distillation.evaluate.dataset import read_nifti
     from distillation.evaluate.run import predict_cases
     from pacsnode.inference import Model
 
@@ -45,12 +48,11 @@ def _run(args: argparse.Namespace) -> int:
         model = Model.load(path, threads=args.threads)
         [(case, predictions[_title(path)], reference, _)] = predict_cases(
             model, args.dataset, args.split, identifiers=[args.case], progress=False)
-    image = case.load_images()[0]
-    if not 0 <= args.channel < image.shape[0]:
-        raise ValueError(f"--channel must be 0 to {image.shape[0] - 1} for this dataset, got {args.channel}")
-    meta = json.loads((args.dataset / "dataset.json").read_text(encoding="utf-8"))
-    names = {int(v): k for k, v in (meta.get("labels") or {}).items() if not isinstance(v, list) and int(v) > 0}
-    out = case_figure(image[args.channel], reference, predictions, args.out,
+    if not 0 <= args.channel < len(case.images):
+        raise ValueError(f"--channel must be 0 to {len(case.images) - 1} for this dataset, got {args.channel}")
+    image = read_nifti(case.images[args.channel])[0].astype(np.float32)  # the one channel drawn
+    names = {int(lab["value"]): lab["name"] for lab in model.card.to_dict()["labels"]}  # as `distill evaluate` names them
+    out = case_figure(image, reference, predictions, args.out,
                       title=f"{args.case} ({args.dataset.name}, images{args.split})", label_names=names)
     sys.stdout.write(json.dumps({"out": str(out), "slices": [{"slice": k, "why": why} for k, why in
                                                              slices_to_show(reference, predictions)]}, indent=2) + "\n")
