@@ -112,5 +112,7 @@ def test_the_full_recipe_is_judged_and_the_ablation_listed_beside_it() -> None:
             _row("student", 0.25, "sard", 0, (0.99, 0.99, 0.99), 2.0, val=0.99)]
     kd = _lines(rows)["kd"]
     assert "KD run = logit+sard+ca, the full recipe" in kd and "**not met**" in kd
-    assert "Over the same seeds, ca: whole_tumor 0.950 vs 0.900" in kd and "(ahead on every region)" in kd
+    assert "Over the same seeds, ca: whole_tumor 0.950 vs 0.900" in kd
+    assert ("(ahead on every region; paired by seed (0,1,2), KD ahead on: whole_tumor 3/3, tumor_core 3/3, "
+            "enhancing 3/3)") in kd
     assert "sard:" not in kd  # one seed against three is not listed as a comparison

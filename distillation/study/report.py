@@ -70,8 +70,9 @@ def _width(w: float) -> str:
     return "1 (teacher)" if w == 1 else f"1/{round(1 / w):d}" if abs(1 / w - round(1 / w)) < 1e-6 else f"{w:g}"
 
 
-def _paired(kd: dict[str, Any], none: dict[str, Any]) -> str:
-    """Seed by seed (same seed: same initialisation and patch order), on how many seeds KD is ahead per region."""
+def _paired_counts(kd: dict[str, Any], none: dict[str, Any]) -> str:
+    """Seed by seed (same seed: same initialisation and patch order), on how many seeds KD is ahead per
+    region: ``"(0,1,2), ahead on: whole_tumor 2/3, ..."``; empty under two shared seeds."""
     common = sorted(set(kd["seed_dice"]) & set(none["seed_dice"]))
     if len(common) < 2:
         return ""
@@ -80,7 +81,12 @@ def _paired(kd: dict[str, Any], none: dict[str, Any]) -> str:
         pairs = [(kd["seed_dice"][k].get(s), none["seed_dice"][k].get(s)) for k in common]
         ahead = sum(1 for a, b in pairs if a is not None and b is not None and a > b)
         counts.append(f"{s} {ahead}/{len(common)}")
-    return f" Paired by seed ({','.join(map(str, common))}), KD ahead on: {', '.join(counts)}."
+    return f"({','.join(map(str, common))}), KD ahead on: {', '.join(counts)}"
+
+
+def _paired(kd: dict[str, Any], none: dict[str, Any]) -> str:
+    counts = _paired_counts(kd, none)
+    return f" Paired by seed {counts}." if counts else ""
 
 
 FULL_RECIPE = "logit+sard+ca"  # the method the targets are about; the single terms are its ablation
@@ -157,7 +163,9 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
         for e in kds:
             if e is not best and len(none["seeds"]) > 1 and set(none["seeds"]) <= set(e["seeds"]):
                 o_per, o_wins, _ = _versus(e, none)
-                also.append(f"{e['kd']}: {'; '.join(o_per)} ({'ahead on every region' if o_wins else 'not ahead on every region'})")
+                ahead = "ahead on every region" if o_wins else "not ahead on every region"
+                counts = _paired_counts(e, none)
+                also.append(f"{e['kd']}: {'; '.join(o_per)} ({ahead}{'; paired by seed ' + counts if counts else ''})")
         lines.append(f"- KD beats no KD at width {_width(width)} on each region (KD run = {best['kd']}, {why}; "
                      f"{seeds}): {'; '.join(per)} → **{'met' if wins else 'not met'}**.{caveat}{_paired(best, none)}"
                      + (f" Over the same seeds, {' — '.join(also)}." if also else ""))
