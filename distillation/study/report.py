@@ -72,7 +72,7 @@ def _width(w: float) -> str:
 
 def _paired_counts(kd: dict[str, Any], none: dict[str, Any]) -> str:
     """Seed by seed (same seed: same initialisation and patch order), on how many seeds KD is ahead per
-    region: ``"(0,1,2), ahead on: whole_tumor 2/3, ..."``; empty under two shared seeds."""
+    region: ``"(0,1,2), KD ahead on: whole_tumor 2/3, ..."``; empty under two shared seeds."""
     common = sorted(set(kd["seed_dice"]) & set(none["seed_dice"]))
     if len(common) < 2:
         return ""
