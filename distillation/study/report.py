@@ -126,6 +126,11 @@ def _versus(kd: dict[str, Any], none: dict[str, Any]) -> tuple[list[str], bool, 
     return per, wins, unclear
 
 
+def _no_kd(students: Sequence[dict[str, Any]], width: float) -> dict[str, Any] | None:
+    """The no-KD entry at this width, if it was run."""
+    return next((e for e in students if abs(e["width"] - width) < 1e-9 and e["kd"] == "none"), None)
+
+
 def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
     """The issue's three targets, each as a measured sentence (met / not met / not measured)."""
     lines: list[str] = []
@@ -137,8 +142,7 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
     quarter_kd = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["kd"] != "none"
                   and e["mean_dice"][0] is not None]
     if quarter_kd:
-        best, why = _judged(quarter_kd, next((e for e in students if abs(e["width"] - 0.25) < 1e-9
-                                              and e["kd"] == "none"), None))
+        best, why = _judged(quarter_kd, _no_kd(students, 0.25))
         ratio = best["mean_dice"][0] / t_dice if t_dice else float("nan")
         others = [f"{e['kd']} {_fmt(e['mean_dice'])} ({100 * e['mean_dice'][0] / t_dice:.1f} %)"
                   for e in quarter_kd if e is not best and t_dice]
@@ -149,7 +153,7 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
     else:
         lines.append("- Width 1/4 with KD vs teacher: not measured (no width-1/4 KD run finished).")
     for width in sorted({e["width"] for e in students}, reverse=True):
-        none = next((e for e in students if e["width"] == width and e["kd"] == "none"), None)
+        none = _no_kd(students, width)
         kds = [e for e in students if e["width"] == width and e["kd"] != "none" and e["mean_dice"][0] is not None]
         if none is None or not kds:
             lines.append(f"- KD vs no KD at width {_width(width)}: not measured (needs a no-KD run and a KD run).")
