@@ -33,6 +33,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="train only: export, score and time nothing (a later call without it measures what "
                         "has finished, ideally on an idle machine, as latency is timed)")
+    p.add_argument("--results", type=Path, metavar="FILE",
+                   help="start from the rows of an earlier run of this study (its DOCS/<stem>-results.json): "
+                        "those runs are reported as measured, not retrained; the teacher is trained again and "
+                        "must score as that run's teacher did")
     p.set_defaults(func=_run)
 
 
@@ -47,7 +51,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-students must be zero or more, got {args.max_students}")
     result = run_study(config, args.work, args.docs, teacher=args.teacher, report_only=args.report_only,
                        max_students=args.max_students,
-                       only=[n.strip() for n in args.runs.split(",") if n.strip()], measure=not args.no_measure)
+                       only=[n.strip() for n in args.runs.split(",") if n.strip()], measure=not args.no_measure,
+                       results=args.results)
     sys.stdout.write(json.dumps({"rows": len(result.rows), "pending": result.pending,
                                  "results": str(result.results_json), "markdown": str(result.markdown),
                                  "plots": [str(p) for p in result.plots]}, indent=2) + "\n")

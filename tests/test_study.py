@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 
 from distillation.cli import main  # noqa: E402
-from distillation.study import load_study, parse_study  # noqa: E402
+from distillation.study import load_study, parse_study, run_study  # noqa: E402
 from pacsnode.errors import ConfigError  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
@@ -102,6 +102,77 @@ def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
         assert list(card.postprocessing.largest_component) == post["largest_component"]
     card = json.loads(json.dumps(student))  # the row is plain JSON
     assert card["role"] == "student"
+    evaluation = json.loads((micro["work"] / "students" / "w0.5-logit-s0" / "evaluation.json").read_text())
+    assert student["case_dice"] == {case: {s: m[s]["dice"] for s in student["structures"]}
+                                    for case, m in evaluation["cases"].items()}
+    kept = json.loads((micro["docs"] / "micro-results.json").read_text())  # the rows beside the report
+    assert kept == results
+
+
+def _two_runs(micro: dict[str, Path], tmp_path: Path) -> Path:
+    config = tmp_path / "study-micro.toml"  # same study, one run added to the preset
+    config.write_text(micro["config"].read_text().replace('runs = ["0.5:logit"]', 'runs = ["0.5:logit", "0.5:none"]'))
+    return config
+
+
+def test_results_file_starts_a_new_work_folder_only_with_the_same_teacher(micro: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    config, work = _two_runs(micro, tmp_path), tmp_path / "work"
+    shutil.copytree(micro["work"] / "data", work / "data")
+    kept = json.loads((micro["docs"] / "micro-results.json").read_text())
+    other = tmp_path / "other-teacher.json"  # the same study, but a teacher that scored otherwise
+    other.write_text(json.dumps({**kept, "rows": [{**r, "final_val_dice": 0.5} if r["role"] == "teacher" else r
+                                                  for r in kept["rows"]]}))
+    common = ["study", str(config), "--work", str(work), "--docs", str(tmp_path / "docs")]
+    with pytest.raises(ConfigError, match=r"--results needs the teacher trained here to be the one of .*"
+                                          r"validation Dice .* vs 0\.5 \(here vs there\)"):
+        run_study(load_study(config), work, tmp_path / "docs", results=other)
+    assert (work / "teacher" / "checkpoint_final.pt").is_file()  # trained and scored, then refused
+    assert not (work / "students").exists()  # nothing taken, nothing distilled from the other teacher
+
+    assert main([*common, "--results", str(micro["docs"] / "micro-results.json")]) == 0
+    rows = {r["run"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
+    assert set(rows) == {"teacher", "w0.5-logit-s0", "w0.5-none-s0"}
+    assert rows["w0.5-logit-s0"]["imported_from"] == str(micro["docs"] / "micro-results.json")
+    assert rows["w0.5-logit-s0"]["dice"] == {r["run"]: r for r in kept["rows"]}["w0.5-logit-s0"]["dice"]
+    assert not (work / "students" / "w0.5-logit-s0" / "checkpoint_final.pt").exists()  # taken, not retrained
+    assert (work / "students" / "w0.5-none-s0" / "checkpoint_final.pt").is_file()  # the new run trained
+    assert "imported_from" not in rows["teacher"] and "imported_from" not in rows["w0.5-none-s0"]
+    md = (tmp_path / "docs" / "micro.md").read_text()
+    assert "Taken as measured from an earlier run of this study" in md and "`w0.5-logit-s0`." in md
+    assert "The teacher was trained again here and scored as that run's teacher did" in md
+    assert "| w0.5-logit-s0 |" in md  # its failed-cases line, from the per-case Dice its row carries
+
+
+def test_report_only_from_a_results_file_trains_nothing(micro: dict[str, Path], tmp_path: Path) -> None:
+    config, work, docs = _two_runs(micro, tmp_path), tmp_path / "work", tmp_path / "docs"
+    assert main(["study", str(config), "--work", str(work), "--docs", str(docs), "--report-only",
+                 "--results", str(micro["docs"] / "micro-results.json")]) == 0
+    assert not (work / "teacher").exists() and not (work / "students").exists()
+    results = json.loads((work / "results.json").read_text())
+    assert [r["run"] for r in results["rows"]] == ["teacher", "w0.5-logit-s0"]
+    assert results["pending"] == ["w0.5-none-s0"]
+    md = (docs / "micro.md").read_text()
+    assert "| teacher | 1 (teacher) | - | 0 |" in md and "| student | 1/2 | logit | 0 |" in md
+    assert "The teacher was trained again" not in md  # nothing was
+    assert "`w0.5-none-s0`" in md.split("## Not finished")[1]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda kept: {**kept, "study": {**kept["study"], "dataset": {**kept["study"]["dataset"], "cases": 4}}},
+     r"--results must come from a run of study-micro with the same dataset, got .*'cases': 4"),
+    (lambda kept: {**kept, "rows": [r for r in kept["rows"] if r["role"] != "teacher"]},
+     r"--results must hold the teacher's row .*got none in"),
+    (lambda kept: "not json", r"--results must be a study's results file .*got '.*bad\.json'"),
+])
+def test_results_file_of_another_study_is_refused(micro: dict[str, Path], tmp_path: Path, edit, message) -> None:
+    bad = tmp_path / "bad.json"
+    kept = json.loads((micro["docs"] / "micro-results.json").read_text())
+    edited = edit(kept)
+    bad.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ConfigError, match=message):
+        run_study(load_study(micro["config"]), tmp_path / "work", tmp_path / "docs", results=bad, report_only=True)
+    assert not (tmp_path / "docs").exists()
 
 
 def test_study_resumes_without_retraining(micro: dict[str, Path]) -> None:

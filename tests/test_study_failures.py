@@ -44,3 +44,11 @@ def test_failure_lines_mark_the_cases_the_teacher_fails_too(tmp_path: Path) -> N
 def test_failure_lines_are_empty_without_evaluations(tmp_path: Path) -> None:
     assert failure_lines([{"run": "teacher", "role": "teacher", "kd": "-", "structures": REGIONS,
                            "model": str(tmp_path / "model.onnx")}]) == []
+
+
+def test_failure_lines_read_the_per_case_dice_a_row_carries(tmp_path: Path) -> None:
+    # a row taken from a results file: its model and evaluation.json are on another machine
+    row = {"run": "w0.25-none-s0", "role": "student", "kd": "none", "structures": REGIONS,
+           "model": str(tmp_path / "elsewhere" / "model.onnx"),
+           "case_dice": {"c1": {"whole_tumor": 0.3, "tumor_core": 0.9}, "c2": {"whole_tumor": 0.9, "tumor_core": None}}}
+    assert "| w0.25-none-s0 | c1 (whole_tumor 0.30) |  |" in failure_lines([row])

@@ -32,6 +32,10 @@ def failed_cases(evaluation: dict[str, Any], structures: Sequence[str],
 
 
 def _evaluation(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's per-case metrics: its ``case_dice`` (kept in the row, so a results file carries them),
+    else the ``evaluation.json`` beside its model (rows written before rows carried them)."""
+    if row.get("case_dice") is not None:
+        return {"cases": {case: {s: {"dice": d} for s, d in dice.items()} for case, dice in row["case_dice"].items()}}
     path = Path(row["model"]).with_name("evaluation.json") if row.get("model") else None
     return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
 

@@ -305,6 +305,14 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
                if "largest_component" in r]
         if lcc:
             lines += ["Largest-component post-processing (label values): " + "; ".join(lcc) + ".", ""]
+        imported = [r for r in rows if r.get("imported_from")]
+        if imported:
+            files = ", ".join(f"`{f}`" for f in sorted({r["imported_from"] for r in imported}))
+            retrained = all(r["role"] != "teacher" for r in imported)
+            lines += [f"Taken as measured from an earlier run of this study ({files}): "
+                      + ", ".join(f"`{r['run']}`" for r in imported) + "."
+                      + (" The teacher was trained again here and scored as that run's teacher did, so the KD "
+                         "runs trained here distil from the same teacher." if retrained else ""), ""]
         loads = [r.get("load_average_1min") for r in rows if r.get("load_average_1min") is not None]
         if loads:
             lines += [f"Load average (1 min) while timing: {min(loads):.1f}–{max(loads):.1f} on "

@@ -9,6 +9,14 @@ it finished, so running the same command again skips what is done and resumes wh
                                         evaluation.json, latency.json, result.json
     WORK/students/w0.25-logit-s0/       the same per student
     WORK/results.json                   every finished row, then DOCS/<stem>.md and the plots
+    DOCS/<stem>-results.json            the same rows beside the report, to keep with it
+
+The rows beside the report outlive the work folder: ``--results DOCS/<stem>-results.json`` starts a
+new work folder from them, so that runs added to the preset train while the finished ones are
+reported as they were measured. KD runs need the teacher's weights, so the teacher is trained again
+(same seed, same data) and scored, and the rows are taken only if it scores as the file's teacher
+did: a different teacher would make the new KD runs incomparable with the old ones. With
+``--report-only`` nothing is trained and the report is written from the file's rows (and WORK's).
 
 Two processes (or machines) can share WORK: ``--runs`` names the student runs a call may train, and
 ``--no-measure`` trains without exporting or scoring, so that latency is timed later, by one call,
@@ -45,7 +53,7 @@ from typing import Any
 from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
 from pacsnode.errors import ConfigError
 
-__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset"]
+__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ FINAL = "checkpoint_final.pt"
 LATEST = "checkpoint_latest.pt"
 PLAN = "checkpoint_plan.pt"  # a copy of the teacher's latest checkpoint, for no-KD students (plan only)
 RESULT = "result.json"
+TEACHER_MATCH = 1e-3  # a retrained teacher is the file's when each region's mean Dice and its val Dice agree this well
 
 _PHANTOM_DATASETS = {"brain": (501, "BrainTumorPhantom"), "ct": (502, "AbdomenCTPhantom")}
 STUDY_INTENDED_USE = ("Research only: a distillation-study model trained on synthetic phantoms. "
@@ -66,6 +75,11 @@ class StudyResult:
     results_json: Path
     markdown: Path
     plots: list[Path]
+
+
+def results_path(config: StudyConfig, docs: Path) -> Path:
+    """``DOCS/<stem>-results.json``: the report's rows, kept beside it."""
+    return docs / f"{config.report.stem}-results.json"
 
 
 def dataset_dir(config: StudyConfig, work: Path) -> Path:
@@ -217,6 +231,8 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
            "latency_case_network_s": lat["case_network_seconds"], "windows_per_case": lat["windows_per_case"],
            "threads": lat["threads"], "load_average_1min": lat["load_average_1min"],
            "largest_component": post["largest_component"],
+           "case_dice": {case: {s: m[s].get("dice") for s in structures if s in m}
+                         for case, m in sorted(evaluation["cases"].items())},
            **_training_summary(run_dir), "model": str(onnx_path)}
     _atomic_json(run_dir / RESULT, row)
     return row
@@ -235,7 +251,7 @@ def collect_rows(work: Path) -> list[dict[str, Any]]:
 
 def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teacher: str | Path | None = None,
               report_only: bool = False, max_students: int | None = None,
-              only: Sequence[str] = (), measure: bool = True) -> StudyResult:
+              only: Sequence[str] = (), measure: bool = True, results: str | Path | None = None) -> StudyResult:
     """Run (or resume) the whole study and write the report; see the module docstring.
 
     ``teacher`` reuses an existing teacher checkpoint (same dataset and plan) instead of training
@@ -243,7 +259,8 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
     that many student runs have been trained in this call (the rest are listed as pending);
     ``only`` names the student runs this call may train (e.g. one per process or machine sharing
     WORK), the others are left as they are; ``measure=False`` trains without exporting, scoring or
-    timing anything (a later call measures what has finished).
+    timing anything (a later call measures what has finished); ``results`` takes the finished student
+    rows of an earlier run of this study from its ``DOCS/<stem>-results.json`` (see the module docstring).
     """
     from distillation.train import train_teacher
 
@@ -255,6 +272,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
     work, docs = Path(work), Path(docs)
     work.mkdir(parents=True, exist_ok=True)
     _atomic_json(work / "study.json", config.to_json())
+    earlier = _read_results(config, Path(results)) if results is not None else None
     pending: list[str] = []
     dataset = dataset_dir(config, work)
     if not report_only:
@@ -276,10 +294,14 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             src_metrics = teacher_ckpt.parent / "metrics.json"
             if src_metrics.is_file() and not (teacher_dir / "metrics.json").exists():
                 (teacher_dir / "metrics.json").symlink_to(src_metrics.resolve())
-        if measure and not (teacher_dir / RESULT).is_file():
+        if (measure or earlier is not None) and not (teacher_dir / RESULT).is_file():
             _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
+        if earlier is not None:
+            _check_same_teacher(json.loads((teacher_dir / RESULT).read_text(encoding="utf-8")), earlier["teacher"],
+                                Path(results))
+            _keep_rows(config, work, earlier)
         trained = 0
         for key in config.student_runs():
             out = work / "students" / key.name
@@ -298,7 +320,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             _measure(config, out, dataset, _student_row(key))
             _report(config, work, docs, _not_done(config, work))  # an interrupted study still has a report
         return _report(config, work, docs, pending)
-    return _report(config, work, docs, _not_done(config, work))
+    return _report(config, work, docs, _not_done(config, work, earlier), earlier)
 
 
 def _train_student(config: StudyConfig, key: RunKey, out: Path, teacher: Path, dataset: Path) -> float:
@@ -338,16 +360,67 @@ def _train_from_plan(config: StudyConfig, work: Path, docs: Path, only: Sequence
     return _report(config, work, docs, _not_done(config, work))
 
 
-def _not_done(config: StudyConfig, work: Path) -> list[str]:
-    done = {r["run"] for r in collect_rows(work)}
+def _read_results(config: StudyConfig, results: Path) -> dict[str, dict[str, Any]]:
+    """The rows of ``results`` (an earlier run of this study), by run name, marked with where they came from."""
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+        study, rows = data["study"], {r["run"]: {**r, "imported_from": str(results)} for r in data["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--results must be a study's results file (DOCS/<stem>-results.json), "
+                          f"got {str(results)!r}: {exc}") from None
+    ours = json.loads(json.dumps(config.to_json()))
+    for section in ("name", "dataset", "training", "evaluation"):
+        if study.get(section) != ours[section]:
+            raise ConfigError(f"--results must come from a run of {config.name} with the same {section}, "
+                              f"got {study.get(section)!r} in {results}, the preset has {ours[section]!r}")
+    if "teacher" not in rows:
+        raise ConfigError(f"--results must hold the teacher's row (its KD runs are checked against it), "
+                          f"got none in {results}")
+    return rows
+
+
+def _keep_rows(config: StudyConfig, work: Path, earlier: dict[str, dict[str, Any]]) -> None:
+    """Write the earlier student rows into WORK where WORK has not started that run itself."""
+    for key in config.student_runs():
+        row, out = earlier.get(key.name), work / "students" / key.name
+        if row is not None and not (out / RESULT).is_file() and not (out / LATEST).is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            _atomic_json(out / RESULT, row)
+
+
+def _check_same_teacher(ours: dict[str, Any], earlier: dict[str, Any], results: Path) -> None:
+    scores = [(f"{s} Dice", ours["dice"].get(s), earlier["dice"].get(s)) for s in earlier["structures"]]
+    scores.append(("validation Dice", ours.get("final_val_dice"), earlier.get("final_val_dice")))
+    off = [f"{what} {a} vs {b}" for what, a, b in scores
+           if (a is None) != (b is None) or (a is not None and abs(a - b) > TEACHER_MATCH)]
+    if off:
+        raise ConfigError(f"--results needs the teacher trained here to be the one of {results}, got "
+                          f"{'; '.join(off)} (here vs there): KD runs from this teacher would not compare with "
+                          f"its rows; run without --results to redo the whole study")
+    log.info("study: the teacher trained here scores as the one of %s; its rows are kept", results)
+
+
+def _not_done(config: StudyConfig, work: Path, earlier: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    done = {r["run"] for r in collect_rows(work)} | set(earlier or {})
     return [k.name for k in config.student_runs() if k.name not in done]
 
 
-def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str]) -> StudyResult:
+def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str],
+            earlier: dict[str, dict[str, Any]] | None = None) -> StudyResult:
+    """Write the results files and the report; ``earlier`` rows (a report only from ``--results``) fill in
+    the runs WORK lacks, teacher first, then students by name, as :func:`collect_rows` orders them."""
     from distillation.study.report import write_report
 
     rows = collect_rows(work)
-    _atomic_json(work / "results.json", {"study": config.to_json(), "rows": rows, "pending": pending})
+    if earlier:
+        names = {r["run"] for r in rows}
+        known = {"teacher"} | {k.name for k in config.student_runs()}
+        rows = sorted(rows + [r for n, r in earlier.items() if n in known and n not in names],
+                      key=lambda r: (r["role"] != "teacher", r["run"]))
+    payload = {"study": config.to_json(), "rows": rows, "pending": pending}
+    _atomic_json(work / "results.json", payload)
+    docs.mkdir(parents=True, exist_ok=True)
+    _atomic_json(results_path(config, docs), payload)
     markdown, plots = write_report(config, rows, pending, docs, work)
     return StudyResult(rows=rows, pending=pending, results_json=work / "results.json", markdown=markdown,
                        plots=plots)
