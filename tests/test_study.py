@@ -100,6 +100,9 @@ def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
         assert not (run_dir / "model-no-postprocessing.onnx").exists()
         card = Model.load(run_dir / "model.onnx", threads=1).card
         assert list(card.postprocessing.largest_component) == post["largest_component"]
+        row = teacher if run_dir.name == "teacher" else student  # validation Dice as the card runs the model
+        kept = [a if int(label) in post["largest_component"] else b for label, (b, a) in post["dice"].items()]
+        assert row["val_case_dice"] == pytest.approx(sum(kept) / 3)
     card = json.loads(json.dumps(student))  # the row is plain JSON
     assert card["role"] == "student"
     evaluation = json.loads((micro["work"] / "students" / "w0.5-logit-s0" / "evaluation.json").read_text())

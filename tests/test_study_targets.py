@@ -10,12 +10,12 @@ REGIONS = ("whole_tumor", "tumor_core", "enhancing")
 
 
 def _row(role: str, width: float, kd: str, seed: int, dice: tuple[float, float, float], case_s: float,
-         val: float | None = None) -> dict:
+         val: float | None = None, val_cases: float | None = None) -> dict:
     return {"run": f"w{width:g}-{kd}-s{seed}", "role": role, "width": width, "kd": kd, "seed": seed,
             "structures": list(REGIONS), "parameters": 1, "gflops_per_window": 1.0,
             "dice": dict(zip(REGIONS, dice, strict=True)), "hd95": dict.fromkeys(REGIONS, 1.0),
             "mean_dice": sum(dice) / 3, "latency_window_s": case_s / 100, "latency_case_s": case_s,
-            "final_val_dice": val}
+            "final_val_dice": val, "val_case_dice": val_cases}
 
 
 TEACHER = _row("teacher", 1.0, "-", 0, (0.95, 0.93, 0.91), 10.0)
@@ -101,6 +101,15 @@ def test_the_kd_recipe_is_chosen_on_validation_dice_not_on_the_held_out_cases() 
     assert "**not met**" in lines["kd"]  # ca trails no KD on tumor_core; sard's lead is not counted
     assert "best validation Dice, ca): 0.857 ± 0.000 vs teacher" in lines["ratio"] and "**not met**" in lines["ratio"]
     assert "Other width-1/4 KD runs: sard 0.990 ± 0.000 (106.5 %)." in lines["ratio"]
+
+
+def test_whole_case_validation_dice_outranks_the_training_loops_patch_dice() -> None:
+    # ca has the better patch Dice, sard the better Dice on whole validation cases: sard is taken
+    rows = [TEACHER,
+            *[_row("student", 0.25, "none", s, (0.90, 0.88, 0.85), 2.0, val=0.90) for s in range(3)],
+            *[_row("student", 0.25, "sard", s, (0.91, 0.80, 0.86), 2.0, val=0.91, val_cases=0.93) for s in range(3)],
+            *[_row("student", 0.25, "ca", s, (0.99, 0.99, 0.99), 2.0, val=0.95, val_cases=0.90) for s in range(3)]]
+    assert "KD run = sard" in _lines(rows)["kd"]
 
 
 def test_the_full_recipe_is_judged_and_the_ablation_listed_beside_it() -> None:

@@ -46,7 +46,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"role": role, "width": width, "kd": kd, "seeds": sorted(r["seed"] for r in rs),
                                  "structures": structures, "parameters": rs[0]["parameters"],
                                  "gflops_per_window": rs[0]["gflops_per_window"]}
-        for field in ("mean_dice", "latency_window_s", "latency_case_s", "final_val_dice", "train_seconds"):
+        for field in ("mean_dice", "latency_window_s", "latency_case_s", "final_val_dice", "val_case_dice",
+                      "train_seconds"):
             entry[field] = _stats([r.get(field) for r in rs])
         entry["dice"] = {s: _stats([r["dice"].get(s) for r in rs]) for s in structures}
         entry["hd95"] = {s: _stats([r["hd95"].get(s) for r in rs]) for s in structures}
@@ -93,8 +94,11 @@ FULL_RECIPE = "logit+sard+ca"  # the method the targets are about; the single te
 
 
 def _by_validation(e: dict[str, Any]) -> tuple[float, float]:
-    """Rank of a KD run when choosing one: its mean validation Dice, then its held-out mean Dice."""
-    val = e.get("final_val_dice", (None, None))[0]
+    """Rank of a KD run when choosing one: its validation Dice on whole cases (else the training loop's
+    patch Dice, which saturates), then its held-out mean Dice."""
+    val = (e.get("val_case_dice") or (None, None))[0]
+    if val is None:
+        val = e.get("final_val_dice", (None, None))[0]
     return (-math.inf if val is None else val, e["mean_dice"][0])
 
 
@@ -189,7 +193,8 @@ def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
     head = ["model", "width", "KD", "seeds", "parameters", "GFLOPs/window"]
     head += [f"Dice {s}" for s in structures] + ["mean Dice", "% of teacher"]
     head += [f"HD95 {s} (mm)" for s in structures]
-    head += ["latency/window (s)", "latency/case (s)", "vs teacher", "last val Dice", "train (min)"]
+    head += ["latency/window (s)", "latency/case (s)", "vs teacher", "last val Dice", "val Dice (cases)",
+             "train (min)"]
     teacher = next((e for e in entries if e["role"] == "teacher"), None)
     t_dice = teacher["mean_dice"][0] if teacher else None
     t_case = teacher["latency_case_s"][0] if teacher else None
@@ -204,7 +209,7 @@ def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
         cells += [_fmt(e["hd95"][s], 1) for s in structures]
         cells += [_fmt(e["latency_window_s"], 3), _fmt(e["latency_case_s"], 2)]
         cells += [f"{100 * (case / t_case - 1):+.0f} %" if case is not None and t_case else "n/a"]
-        cells += [_fmt(e["final_val_dice"]),
+        cells += [_fmt(e["final_val_dice"]), _fmt(e["val_case_dice"]),
                   _fmt((train[0] / 60 if train[0] is not None else None,
                         train[1] / 60 if train[1] is not None else None), 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -298,7 +303,10 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
              "- Post-processing: chosen per run on its own validation cases "
              + ("(nnU-Net's rule: keep a label's largest connected component where that raises the label's "
                 "validation Dice) and carried in the scored model's card; the labels it applies to are listed "
-                "per run under the table." if ev.choose_postprocessing else "— switched off."), ""]
+                "per run under the table." if ev.choose_postprocessing else "— switched off."),
+             "- Validation: *last val Dice* is the training loop's Dice on validation patches; *val Dice (cases)* "
+             "the mean over labels of the Dice on the run's own validation cases, whole cases through the node "
+             "with its post-processing (never the held-out cases: what a model may be chosen on).", ""]
     if entries:
         lines += ["## Results", ""] + _table(entries) + [""]
         lcc = [f"{r['run']}: {', '.join(map(str, r['largest_component'])) or 'none'}" for r in rows

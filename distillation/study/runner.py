@@ -53,7 +53,8 @@ from typing import Any
 from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
 from pacsnode.errors import ConfigError
 
-__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path"]
+__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path",
+           "validation_case_dice"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,16 @@ def _postprocessing(config: StudyConfig, run_dir: Path, dataset: Path, name: str
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def validation_case_dice(post: dict[str, Any]) -> float | None:
+    """The run's mean Dice over labels on its own validation cases (whole cases through the node's
+    inference, with the post-processing chosen on them), from its ``postprocessing.json``; a selector
+    that never looks at the held-out cases (``None`` without validation cases)."""
+    per_label = post.get("dice") or {}
+    kept = {int(v) for v in post.get("largest_component") or []}
+    values = [after if int(label) in kept else before for label, (before, after) in per_label.items()]
+    return sum(values) / len(values) if values else None
+
+
 def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, Any]) -> dict[str, Any]:
     """Export, evaluate and time one trained run; writes and returns its ``result.json`` row."""
     from distillation.evaluate import evaluate_model
@@ -230,7 +241,7 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
            "latency_window_s": lat["window_seconds"], "latency_case_s": lat["case_seconds"],
            "latency_case_network_s": lat["case_network_seconds"], "windows_per_case": lat["windows_per_case"],
            "threads": lat["threads"], "load_average_1min": lat["load_average_1min"],
-           "largest_component": post["largest_component"],
+           "largest_component": post["largest_component"], "val_case_dice": validation_case_dice(post),
            "case_dice": {case: {s: m[s].get("dice") for s in structures if s in m}
                          for case, m in sorted(evaluation["cases"].items())},
            **_training_summary(run_dir), "model": str(onnx_path)}
