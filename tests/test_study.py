@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from distillation.cli import main  # noqa: E402
 from distillation.study import load_study, parse_study, run_study  # noqa: E402
@@ -89,6 +89,7 @@ def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
         assert row["windows_per_case"] >= 1 and row["threads"] == 1 and row["cases"] == 1
         assert row["epochs"] == 1 and len(row["curve"]) == 1
         assert Path(row["model"]).is_file()
+        assert row["environment"]["torch"] == torch.__version__ and row["environment"]["cpu"]
     assert student["parameters"] < teacher["parameters"]
     assert student["kd"] == "logit" and student["width"] == 0.5
     # post-processing chosen on the run's own validation case, and carried by the scored model's card
@@ -124,11 +125,13 @@ def test_results_file_starts_a_new_work_folder_only_with_the_same_teacher(micro:
     shutil.copytree(micro["work"] / "data", work / "data")
     kept = json.loads((micro["docs"] / "micro-results.json").read_text())
     other = tmp_path / "other-teacher.json"  # the same study, but a teacher that scored otherwise
-    other.write_text(json.dumps({**kept, "rows": [{**r, "final_val_dice": 0.5} if r["role"] == "teacher" else r
-                                                  for r in kept["rows"]]}))
+    other.write_text(json.dumps({**kept, "rows": [
+        {**r, "final_val_dice": 0.5, "environment": {**r["environment"], "numpy": "0.0"}} if r["role"] == "teacher"
+        else r for r in kept["rows"]]}))
     common = ["study", str(config), "--work", str(work), "--docs", str(tmp_path / "docs")]
     with pytest.raises(ConfigError, match=r"--results needs the teacher trained here to be the one of .*"
-                                          r"validation Dice .* vs 0\.5 \(here vs there\)"):
+                                          r"validation Dice .* vs 0\.5 \(here vs there\).*"
+                                          r"\(the environments differ: numpy .* vs 0\.0\)"):
         run_study(load_study(config), work, tmp_path / "docs", results=other)
     assert (work / "teacher" / "checkpoint_final.pt").is_file()  # trained and scored, then refused
     assert not (work / "students").exists()  # nothing taken, nothing distilled from the other teacher

@@ -43,6 +43,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import shutil
 import time
 from collections.abc import Sequence
@@ -54,7 +55,7 @@ from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
 from pacsnode.errors import ConfigError
 
 __all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path",
-           "validation_case_dice"]
+           "validation_case_dice", "environment"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,32 @@ def validation_case_dice(post: dict[str, Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def environment() -> dict[str, str]:
+    """What a run's numbers depend on beyond its preset: the libraries and the CPU. Training is
+    bit-for-bit repeatable where these are the same (same seed, same data); elsewhere it is not."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": platform.python_version(), "cpu": _cpu()}
+    for package in ("torch", "numpy", "scipy", "monai", "nilearn", "onnxruntime"):
+        try:
+            env[package] = version(package)
+        except PackageNotFoundError:
+            env[package] = "not installed"
+    return env
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+    name = fields.get("model name", platform.machine())
+    flags = fields.get("flags", "").split()
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return f"{name} ({simd}, {os.cpu_count()} CPUs)" if simd else f"{name} ({os.cpu_count()} CPUs)"
+
+
 def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, Any]) -> dict[str, Any]:
     """Export, evaluate and time one trained run; writes and returns its ``result.json`` row."""
     from distillation.evaluate import evaluate_model
@@ -244,7 +271,7 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
            "largest_component": post["largest_component"], "val_case_dice": validation_case_dice(post),
            "case_dice": {case: {s: m[s].get("dice") for s in structures if s in m}
                          for case, m in sorted(evaluation["cases"].items())},
-           **_training_summary(run_dir), "model": str(onnx_path)}
+           **_training_summary(run_dir), "model": str(onnx_path), "environment": environment()}
     _atomic_json(run_dir / RESULT, row)
     return row
 
@@ -405,9 +432,13 @@ def _check_same_teacher(ours: dict[str, Any], earlier: dict[str, Any], results: 
     off = [f"{what} {a} vs {b}" for what, a, b in scores
            if (a is None) != (b is None) or (a is not None and abs(a - b) > TEACHER_MATCH)]
     if off:
+        env_here, env_there = ours.get("environment") or {}, earlier.get("environment") or {}
+        differ = [f"{k} {env_here.get(k)} vs {env_there.get(k)}" for k in sorted(set(env_here) | set(env_there))
+                  if env_here.get(k) != env_there.get(k)]
         raise ConfigError(f"--results needs the teacher trained here to be the one of {results}, got "
                           f"{'; '.join(off)} (here vs there): KD runs from this teacher would not compare with "
-                          f"its rows; run without --results to redo the whole study")
+                          f"its rows; run without --results to redo the whole study"
+                          + (f" (the environments differ: {'; '.join(differ)})" if differ else ""))
     log.info("study: the teacher trained here scores as the one of %s; its rows are kept", results)
 
 
