@@ -214,6 +214,12 @@ def test_bundled_study_presets_parse() -> None:
         (kd, s) for kd in ("none", "ca", "logit+sard+ca") for s in (0, 1, 2)} | {("logit", 0), ("sard", 0)}
     assert {k.seed for k in big.student_runs() if k.width != 0.25} == {0}
     assert big.report.stem != cpu.report.stem
+    half = load_study("study-brain-cpu-200-half")  # its width-1/2 row, whole, from a teacher of its own
+    for section in ("dataset", "training", "evaluation"):  # so one --work folder serves both presets
+        assert half.to_json()[section] == big.to_json()[section]
+    assert [(k.width, k.kd, k.seed) for k in half.student_runs()] == [
+        (0.5, kd, 0) for kd in ("none", "logit", "sard", "ca", "logit+sard+ca")]
+    assert half.report.stem not in (big.report.stem, cpu.report.stem)
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
