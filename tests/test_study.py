@@ -164,6 +164,18 @@ def test_report_only_from_a_results_file_trains_nothing(micro: dict[str, Path], 
     assert "`w0.5-none-s0`" in md.split("## Not finished")[1]
 
 
+def test_report_holds_only_its_presets_runs_from_a_shared_work_folder(micro: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(micro["work"], work)  # holds the teacher and w0.5-logit-s0, measured
+    other = tmp_path / "study-micro-none.toml"  # another preset of the same study: the same teacher, another run
+    other.write_text(micro["config"].read_text().replace('runs = ["0.5:logit"]', 'runs = ["0.5:none"]')
+                     .replace('stem = "micro"', 'stem = "micro-none"'))
+    assert main(["study", str(other), "--work", str(work), "--docs", str(tmp_path), "--report-only"]) == 0
+    kept = json.loads((tmp_path / "micro-none-results.json").read_text())
+    assert [r["run"] for r in kept["rows"]] == ["teacher"] and kept["pending"] == ["w0.5-none-s0"]
+    assert "| student |" not in (tmp_path / "micro-none.md").read_text()
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda kept: {**kept, "study": {**kept["study"], "dataset": {**kept["study"]["dataset"], "cases": 4}}},
      r"--results must come from a run of study-micro with the same dataset, got .*'cases': 4"),
@@ -212,13 +224,16 @@ def test_bundled_study_presets_parse() -> None:
         (w, kd) for w in (0.5, 0.25, 0.125) for kd in ("none", "logit", "sard", "ca", "logit+sard+ca")}
     assert {(k.kd, k.seed) for k in big.student_runs() if k.width == 0.25} == {  # three seeds, but single feature terms
         (kd, s) for kd in ("none", "ca", "logit+sard+ca") for s in (0, 1, 2)} | {("logit", 0), ("sard", 0)}
-    assert {k.seed for k in big.student_runs() if k.width != 0.25} == {0}
+    assert {(k.kd, k.seed) for k in big.student_runs() if k.width == 0.5} == {  # three seeds where seed 0 was unclear
+        (kd, s) for kd in ("none", "logit") for s in (0, 1, 2)} | {("sard", 0), ("ca", 0), ("logit+sard+ca", 0)}
+    assert {k.seed for k in big.student_runs() if k.width == 0.125} == {0}
     assert big.report.stem != cpu.report.stem
     half = load_study("study-brain-cpu-200-half")  # its width-1/2 row, whole, from a teacher of its own
     for section in ("dataset", "training", "evaluation"):  # so one --work folder serves both presets
         assert half.to_json()[section] == big.to_json()[section]
-    assert [(k.width, k.kd, k.seed) for k in half.student_runs()] == [
-        (0.5, kd, 0) for kd in ("none", "logit", "sard", "ca", "logit+sard+ca")]
+    assert {(k.kd, k.seed) for k in half.student_runs()} == {  # the same width-1/2 row
+        (k.kd, k.seed) for k in big.student_runs() if k.width == 0.5}
+    assert {k.width for k in half.student_runs()} == {0.5}
     assert half.report.stem not in (big.report.stem, cpu.report.stem)
 
 

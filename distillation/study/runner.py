@@ -449,14 +449,15 @@ def _not_done(config: StudyConfig, work: Path, earlier: dict[str, dict[str, Any]
 
 def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str],
             earlier: dict[str, dict[str, Any]] | None = None) -> StudyResult:
-    """Write the results files and the report; ``earlier`` rows (a report only from ``--results``) fill in
-    the runs WORK lacks, teacher first, then students by name, as :func:`collect_rows` orders them."""
+    """Write the results files and the report of this preset's runs (a WORK shared with another preset of
+    the same study may hold others); ``earlier`` rows (a report only from ``--results``) fill in the runs
+    WORK lacks, teacher first, then students by name, as :func:`collect_rows` orders them."""
     from distillation.study.report import write_report
 
-    rows = collect_rows(work)
+    known = {"teacher"} | {k.name for k in config.student_runs()}
+    rows = [r for r in collect_rows(work) if r["run"] in known]
     if earlier:
         names = {r["run"] for r in rows}
-        known = {"teacher"} | {k.name for k in config.student_runs()}
         rows = sorted(rows + [r for n, r in earlier.items() if n in known and n not in names],
                       key=lambda r: (r["role"] != "teacher", r["run"]))
     payload = {"study": config.to_json(), "rows": rows, "pending": pending}
