@@ -52,3 +52,19 @@ def test_failure_lines_read_the_per_case_dice_a_row_carries(tmp_path: Path) -> N
            "model": str(tmp_path / "elsewhere" / "model.onnx"),
            "case_dice": {"c1": {"whole_tumor": 0.3, "tumor_core": 0.9}, "c2": {"whole_tumor": 0.9, "tumor_core": None}}}
     assert "| w0.25-none-s0 | c1 (whole_tumor 0.30) |  |" in failure_lines([row])
+
+
+def test_failure_lines_give_each_runs_mean_dice_without_the_teachers_failures(tmp_path: Path) -> None:
+    rows = [_run(tmp_path, "teacher", "teacher", "-", {"c1": (0.1, 0.9), "c2": (0.9, 0.7), "c3": (0.8, 1.0)}),
+            _run(tmp_path, "w0.25-none-s0", "student", "none", {"c1": (1.0, 1.0), "c2": (0.5, 0.9), "c3": (1.0, None)})]
+    text = "\n".join(failure_lines(rows))
+    # c1 set aside; teacher: whole_tumor (0.9 + 0.8) / 2, tumor_core (0.7 + 1.0) / 2; the student's c3 has
+    # no tumor_core Dice, so its tumor_core mean is over c2 alone, as its row's mean_dice would be
+    assert ("Mean Dice over regions on the 2 held-out case(s) the teacher does not fail (the runs with those few "
+            "cases set aside): teacher 0.850; w0.25-none-s0 0.825.") in text
+
+
+def test_failure_lines_give_no_such_mean_when_the_teacher_fails_nothing(tmp_path: Path) -> None:
+    rows = [_run(tmp_path, "teacher", "teacher", "-", {"c1": (0.9, 0.9)}),
+            _run(tmp_path, "w0.25-none-s0", "student", "none", {"c1": (0.2, 0.9)})]
+    assert "does not fail" not in "\n".join(failure_lines(rows))

@@ -4,7 +4,8 @@ A mean Dice over 40 cases moves by up to 0.025 for each case a model misses outr
 failures can decide a comparison between runs that agree everywhere else. Listing them per run,
 marked where the teacher fails on the same case, shows what a mean hides: whether a KD student has
 learnt its teacher's mistakes (a no-KD student never sees the teacher's outputs, so what it shares
-with the teacher is chance or a hard case).
+with the teacher is chance or a hard case). Each run's mean Dice over the other cases, those the
+teacher does not fail, then shows how far apart the runs are once those few cases are set aside.
 """
 
 from __future__ import annotations
@@ -41,20 +42,22 @@ def _evaluation(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def failure_lines(rows: Sequence[dict[str, Any]], threshold: float = FAIL_DICE) -> list[str]:
-    """The report's section: one table row per run with failures, then how many the teacher shares."""
+    """The report's section: one table row per run with failures, how many the teacher shares, and each
+    run's mean Dice over the cases the teacher does not fail."""
     failed = {}
     for row in rows:
         evaluation = _evaluation(row)
         if evaluation is not None:
-            failed[row["run"]] = (row, failed_cases(evaluation, row["structures"], threshold))
+            failed[row["run"]] = (row, evaluation, failed_cases(evaluation, row["structures"], threshold))
     if not failed:
         return []
-    teacher = next((cases for row, cases in failed.values() if row["role"] == "teacher"), None)
+    teacher_eval, teacher = next(((ev, cases) for row, ev, cases in failed.values() if row["role"] == "teacher"),
+                                 (None, None))
     lines = [f"Held-out cases where a region's Dice is below {threshold:g}, per run"
              + (" (`*`: the teacher fails on that case too)." if teacher is not None else "."), "",
              "| run | failed cases | shared with the teacher |", "|---|---|---|"]
     shared: dict[str, list[int]] = {"KD": [0, 0], "no KD": [0, 0]}
-    for run, (row, cases) in failed.items():
+    for run, (row, _, cases) in failed.items():
         if not cases:
             lines.append(f"| {run} | none | |")
             continue
@@ -71,4 +74,21 @@ def failure_lines(rows: Sequence[dict[str, Any]], threshold: float = FAIL_DICE) 
     if teacher is not None:
         lines += ["", f"The teacher fails on {len(teacher)} case(s). Student failures the teacher shares: "
                   + "; ".join(f"{kind} runs {c} of {n}" for kind, (c, n) in shared.items()) + "."]
+        others = {run: _mean_dice(ev, row["structures"], set(teacher)) for run, (row, ev, _) in failed.items()}
+        if teacher and any(v is not None for v in others.values()):
+            lines += ["", f"Mean Dice over regions on the {len(set(teacher_eval['cases']) - set(teacher))} held-out "
+                      "case(s) the teacher does not fail (the runs with those few cases set aside): "
+                      + "; ".join(f"{run} {v:.3f}" for run, v in others.items() if v is not None) + "."]
     return lines + [""]
+
+
+def _mean_dice(evaluation: dict[str, Any], structures: Sequence[str], leave_out: set[str]) -> float | None:
+    """The mean over regions of each region's mean Dice over the cases not in ``leave_out`` (as a row's
+    ``mean_dice`` is made over all of them)."""
+    per_region = []
+    for s in structures:
+        values = [float(m[s]["dice"]) for case, m in evaluation["cases"].items()
+                  if case not in leave_out and m.get(s, {}).get("dice") is not None]
+        if values:
+            per_region.append(sum(values) / len(values))
+    return sum(per_region) / len(per_region) if per_region else None
