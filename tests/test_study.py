@@ -235,6 +235,12 @@ def test_bundled_study_presets_parse() -> None:
         (k.kd, k.seed) for k in big.student_runs() if k.width == 0.5}
     assert {k.width for k in half.student_runs()} == {0.5}
     assert half.report.stem not in (big.report.stem, cpu.report.stem)
+    seeds = load_study("study-brain-cpu-200-half-seeds")  # no KD against logit KD alone at width 1/2, three seeds each
+    for section in ("dataset", "training", "evaluation"):
+        assert seeds.to_json()[section] == big.to_json()[section]
+    assert {(k.width, k.kd, k.seed) for k in seeds.student_runs()} == {
+        (0.5, kd, s) for kd in ("none", "logit") for s in (0, 1, 2)}
+    assert seeds.report.stem not in (half.report.stem, big.report.stem, cpu.report.stem)
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
