@@ -241,6 +241,12 @@ def test_bundled_study_presets_parse() -> None:
     assert {(k.width, k.kd, k.seed) for k in seeds.student_runs()} == {
         (0.5, kd, s) for kd in ("none", "logit") for s in (0, 1, 2)}
     assert seeds.report.stem not in (half.report.stem, big.report.stem, cpu.report.stem)
+    quarter = load_study("study-brain-cpu-200-quarter-seeds")  # no KD against MS-CA alone at width 1/4, three seeds each
+    for section in ("dataset", "training", "evaluation"):
+        assert quarter.to_json()[section] == big.to_json()[section]
+    assert {(k.width, k.kd, k.seed) for k in quarter.student_runs()} == {
+        (0.25, kd, s) for kd in ("none", "ca") for s in (0, 1, 2)}
+    assert quarter.report.stem not in (seeds.report.stem, half.report.stem, big.report.stem, cpu.report.stem)
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
