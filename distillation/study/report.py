@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ def _plots(config: StudyConfig, entries: Sequence[dict[str, Any]], docs: Path) -
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean Dice over regions (held-out)")
-        ax.set_title(f"{config.report.title}:\nDice vs {xlabel.split(' (')[0]}", fontsize=10)
+        ax.set_title(textwrap.fill(f"{config.report.title}:", 80) + f"\nDice vs {xlabel.split(' (')[0]}",
+                     fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -266,7 +268,7 @@ def _plots(config: StudyConfig, entries: Sequence[dict[str, Any]], docs: Path) -
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
     ax2.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{config.report.title}: training curves")
+    fig.suptitle(textwrap.fill(f"{config.report.title}: training curves", 110))
     fig.tight_layout()
     paths.append(_save(fig, docs / f"{stem}-curves.png"))
     plt.close(fig)
