@@ -229,24 +229,20 @@ def test_bundled_study_presets_parse() -> None:
     assert {k.seed for k in big.student_runs() if k.width == 0.125} == {0}
     assert big.report.stem != cpu.report.stem
     half = load_study("study-brain-cpu-200-half")  # its width-1/2 row, whole, from a teacher of its own
-    for section in ("dataset", "training", "evaluation"):  # so one --work folder serves both presets
-        assert half.to_json()[section] == big.to_json()[section]
+    seeds = load_study("study-brain-cpu-200-half-seeds")  # no KD against logit KD alone at width 1/2, three seeds each
+    quarter = load_study("study-brain-cpu-200-quarter-seeds")  # no KD against MS-CA alone at width 1/4, three seeds each
+    for study in (half, seeds, quarter):  # so one --work folder serves all the study-brain-cpu-200* presets
+        for section in ("dataset", "training", "evaluation"):
+            assert study.to_json()[section] == big.to_json()[section], (study.name, section)
     assert {(k.kd, k.seed) for k in half.student_runs()} == {  # the same width-1/2 row
         (k.kd, k.seed) for k in big.student_runs() if k.width == 0.5}
     assert {k.width for k in half.student_runs()} == {0.5}
-    assert half.report.stem not in (big.report.stem, cpu.report.stem)
-    seeds = load_study("study-brain-cpu-200-half-seeds")  # no KD against logit KD alone at width 1/2, three seeds each
-    for section in ("dataset", "training", "evaluation"):
-        assert seeds.to_json()[section] == big.to_json()[section]
     assert {(k.width, k.kd, k.seed) for k in seeds.student_runs()} == {
         (0.5, kd, s) for kd in ("none", "logit") for s in (0, 1, 2)}
-    assert seeds.report.stem not in (half.report.stem, big.report.stem, cpu.report.stem)
-    quarter = load_study("study-brain-cpu-200-quarter-seeds")  # no KD against MS-CA alone at width 1/4, three seeds each
-    for section in ("dataset", "training", "evaluation"):
-        assert quarter.to_json()[section] == big.to_json()[section]
     assert {(k.width, k.kd, k.seed) for k in quarter.student_runs()} == {
         (0.25, kd, s) for kd in ("none", "ca") for s in (0, 1, 2)}
-    assert quarter.report.stem not in (seeds.report.stem, half.report.stem, big.report.stem, cpu.report.stem)
+    stems = [c.report.stem for c in (cpu, big, half, seeds, quarter)]
+    assert len(set(stems)) == len(stems), stems  # each report holds only its own runs
 
 
 def test_runs_option_trains_only_the_named_runs(micro: dict[str, Path], tmp_path: Path) -> None:
