@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pacsnode.errors import InferenceError
+from pacsnode.errors import InferenceError, VolumeError
 
 __all__ = [
     "ANISO_THRESHOLD",
@@ -31,6 +31,7 @@ __all__ = [
     "create_nonzero_mask",
     "normalize",
     "compute_new_shape",
+    "check_resamplable",
     "determine_separate_z",
     "resample_data_or_seg_to_shape",
     "resample_image",
@@ -162,6 +163,29 @@ def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
                       new_spacing: Sequence[float]) -> tuple[int, ...]:
     """nnU-Net's ``compute_new_shape``: round(old_spacing / new_spacing * old_shape)."""
     return tuple(int(round(s / n * k)) for s, n, k in zip(old_spacing, new_spacing, old_shape, strict=True))
+
+
+_AXIS_NAMES = ("slices", "rows", "columns")
+
+
+def check_resamplable(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> None:
+    """Refuse a volume that resamples to nothing on some axis (extent under half a target voxel).
+
+    A :class:`VolumeError` says how many slices (rows, columns) at this spacing are needed.
+    A volume smaller than the model's patch is fine: the sliding window pads it.
+    """
+    for axis, (k, s, t) in enumerate(zip(shape, spacing, target_spacing, strict=True)):
+        if not (s > 0 and np.isfinite(s)):
+            raise VolumeError(f"spacing must be positive and finite on every axis, got {list(spacing)} (z, y, x)")
+        if int(round(s / t * k)) >= 1:
+            continue
+        need = max(1, int(np.ceil(0.5 * t / s)))
+        while int(round(s / t * need)) < 1:
+            need += 1
+        raise VolumeError(
+            f"a volume needs at least {need} {_AXIS_NAMES[axis]} at {s:.4g} mm for the model's target spacing "
+            f"of {t:.4g} mm, got {k}; a series spanning at least half a target voxel on every axis is valid"
+        )
 
 
 def _lowres_axis(spacing: Sequence[float]) -> list[int]:
@@ -331,6 +355,7 @@ def preprocess(images: np.ndarray, spacing: Sequence[float], plan: Any, seg: np.
     if seg is not None and seg.ndim == 3:
         seg = seg[None]
     shape_before = tuple(int(s) for s in images.shape[1:])
+    check_resamplable(shape_before, spacing, plan.target_spacing)
     if plan.crop_to_nonzero:
         data, seg_c, bbox = crop_to_nonzero(images, seg)
     else:
@@ -343,7 +368,8 @@ def preprocess(images: np.ndarray, spacing: Sequence[float], plan: Any, seg: np.
             seg_c = seg.copy()
             seg_c[(seg_c == 0) & ~mask] = -1
     shape_after = tuple(int(s) for s in data.shape[1:])
-    new_shape = compute_new_shape(shape_after, spacing, plan.target_spacing)
+    # a crop thinner than half a target voxel keeps one voxel (nnU-Net would resample to 0 and fail)
+    new_shape = tuple(max(1, n) for n in compute_new_shape(shape_after, spacing, plan.target_spacing))
     normed = normalize(data, seg_c, plan.normalization)
     del data
     resampled = resample_data_or_seg_to_shape(normed, new_shape, spacing, plan.target_spacing,

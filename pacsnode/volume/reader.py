@@ -3,7 +3,9 @@
 Classic single-frame images (one instance per slice) and Enhanced multi-frame images
 (per-frame functional groups) are read into the same frame list, localizers are split
 off, the geometry is checked (:mod:`pacsnode.volume.geometry`) and the pixels are
-decoded, rescaled and stacked along the slice normal.
+decoded, rescaled and stacked along the slice normal. Every refusal is a
+:class:`~pacsnode.errors.VolumeError` that names the image (instance number, position)
+and the rule it breaks; a series that is not one clean volume never raises anything else.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from pacsnode.errors import VolumeError
 from pacsnode.volume.geometry import (
+    POSITION_TOLERANCE_MM,
     SliceGeometry,
     check_frames,
     orientation_key,
@@ -78,6 +82,7 @@ class _Frame:
     slope: float
     intercept: float
     image_type: tuple[str, ...]
+    name: str  # "instance 5" or "frame 3 of instance 1", for error messages
 
 
 def list_dicom_files(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -119,15 +124,52 @@ def _float_list(value: Any, n: int, what: str) -> list[float]:
 
 
 def _rescale(item: Any) -> tuple[float, float]:
-    slope = float(getattr(item, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(item, "RescaleIntercept", 0.0) or 0.0)
+    raw: list[Any] = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:  # pydicom converts on access: a malformed DS raises here
+            raw.append(getattr(item, keyword, default))
+        except (TypeError, ValueError):
+            elem = item.get_item(keyword) if hasattr(item, "get_item") else None
+            raw.append(getattr(elem, "value", "?") if elem is not None else "?")
+    try:
+        slope, intercept = float(raw[0] or 1.0), float(raw[1] or 0.0)
+    except (TypeError, ValueError):
+        slope = intercept = float("nan")
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise VolumeError(
+            f"RescaleSlope and RescaleIntercept must be finite numbers, got {str(raw[0])!r} and {str(raw[1])!r}"
+        )
     return slope, intercept
 
 
+def _image_name(ds: Dataset) -> str:
+    number = ds.get("InstanceNumber")
+    if number is not None and str(number).strip():
+        return f"instance {number}"
+    return f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
+
+
+def _int_attr(ds: Dataset, keyword: str, name: str) -> int:
+    value = ds.get(keyword)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise VolumeError(f"every image of a volume must have a numeric {keyword}, got {value!r} in {name}") from None
+
+
 def _frames_of(ds: Dataset, index: int) -> list[_Frame]:
+    name = _image_name(ds)
+    try:
+        return _frames_of_unchecked(ds, index, name)
+    except VolumeError as exc:
+        msg = str(exc)
+        raise VolumeError(msg if name in msg else f"{msg} (in {name})") from None
+
+
+def _frames_of_unchecked(ds: Dataset, index: int, name: str) -> list[_Frame]:
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    n_frames = _int_attr(ds, "NumberOfFrames", name) if ds.get("NumberOfFrames") not in (None, "") else 1
+    rows, cols = _int_attr(ds, "Rows", name), _int_attr(ds, "Columns", name)
     if "PerFrameFunctionalGroupsSequence" in ds:
         shared = ds.get("SharedFunctionalGroupsSequence")
         shared = shared[0] if shared else Dataset()
@@ -152,7 +194,7 @@ def _frames_of(ds: Dataset, index: int) -> list[_Frame]:
             if pos is None or ori is None or meas is None:
                 raise VolumeError(
                     "an Enhanced multi-frame image must give Plane Position, Plane Orientation and "
-                    f"Pixel Measures for every frame, frame {f} lacks "
+                    f"Pixel Measures for every frame, frame {f} of {name} lacks "
                     + ", ".join(n for n, g in (("PlanePosition", pos), ("PlaneOrientation", ori),
                                                 ("PixelMeasures", meas)) if g is None)
                 )
@@ -168,19 +210,20 @@ def _frames_of(ds: Dataset, index: int) -> list[_Frame]:
                     rows, cols,
                 ),
                 dataset_index=index, frame_number=f, slope=slope, intercept=intercept,
-                image_type=ftype,
+                image_type=ftype, name=f"frame {f} of {name}",
             ))
         return frames
     missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
     if missing:
         raise VolumeError(
             "every image of a volume must have ImagePositionPatient, ImageOrientationPatient and "
-            f"PixelSpacing, SOPInstanceUID {ds.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}"
+            f"PixelSpacing, got {name} (SOPInstanceUID {ds.get('SOPInstanceUID', '?')}) without "
+            f"{', '.join(missing)}"
         )
     if n_frames != 1:
         raise VolumeError(
             "a multi-frame image must carry per-frame functional groups (Enhanced CT/MR), "
-            f"got NumberOfFrames {n_frames} without them in SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
+            f"got NumberOfFrames {n_frames} without them in {name}"
         )
     slope, intercept = _rescale(ds)
     return [_Frame(
@@ -191,6 +234,7 @@ def _frames_of(ds: Dataset, index: int) -> list[_Frame]:
             rows, cols,
         ),
         dataset_index=index, frame_number=0, slope=slope, intercept=intercept, image_type=image_type,
+        name=name,
     )]
 
 
@@ -205,9 +249,50 @@ def _split_localizers(frames: list[_Frame]) -> list[_Frame]:
         (major, n_major), *_ = counts.most_common()
         n_minor = len(frames) - n_major
         if n_major >= 2 and n_minor <= _MAX_SPLIT_OFF and n_major > 2 * n_minor:
+            majority = [f for f in frames if orientation_key(f.geometry) == major]
+            odd = [f for f in frames if orientation_key(f.geometry) != major]
+            if any(_on_slice_grid(f, majority) for f in odd):
+                # a slice of this series with a wrong orientation, not a localizer: keep it,
+                # so that the geometry check names it instead of reporting a gap where it was
+                return frames
             log.info("split off %d image(s) whose orientation differs from the series' majority", n_minor)
-            frames = [f for f in frames if orientation_key(f.geometry) == major]
+            frames = majority
     return frames
+
+
+def _on_slice_grid(frame: _Frame, majority: Sequence[_Frame]) -> bool:
+    """Whether ``frame`` sits on a slice position of ``majority``'s grid (a slot within the
+    stack or one step beyond either end), as a slice of the series would."""
+    n = majority[0].geometry.normal
+    d = np.sort([float(np.asarray(f.geometry.position) @ n) for f in majority])
+    gaps = np.diff(d)
+    dz = float(np.median(gaps)) if gaps.size else 0.0
+    if not dz > POSITION_TOLERANCE_MM:
+        return False
+    t = (float(np.asarray(frame.geometry.position) @ n) - d[0]) / dz
+    tol = max(0.01, POSITION_TOLERANCE_MM / dz)
+    last = (d[-1] - d[0]) / dz
+    return -1 - tol <= t <= last + 1 + tol and abs(t - round(t)) <= tol
+
+
+def _check_sop_classes(frames: Sequence[_Frame], datasets: Sequence[Dataset]) -> None:
+    """All images of a volume come from one SOP Class and one Modality."""
+    for keyword in ("SOPClassUID", "Modality"):
+        values = Counter(str(datasets[f.dataset_index].get(keyword, "")) for f in frames)
+        if len(values) < 2:
+            continue
+        (major, _), *_ = values.most_common()
+        odd = next(f for f in frames if str(datasets[f.dataset_index].get(keyword, "")) != major)
+
+        def label(v: str, _kw: str = keyword) -> str:
+            return f"{UID(v).name} ({v})" if _kw == "SOPClassUID" and v and UID(v).name != v else repr(v)
+
+        found = ", ".join(f"{label(v)} in {n} image(s)" for v, n in values.most_common())
+        raise VolumeError(
+            f"all images of a volume must share one {keyword}, got {found} "
+            f"(e.g. {odd.name} has {label(str(datasets[odd.dataset_index].get(keyword, '')))}); "
+            f"one {keyword} per series is valid"
+        )
 
 
 def read_series(
@@ -232,13 +317,15 @@ def read_series(
     if len(series_uids) != 1:
         raise VolumeError(
             f"a volume must come from one series, got {len(series_uids)} SeriesInstanceUIDs "
-            f"({', '.join(series_uids)}); pass one series' files"
+            f"({', '.join(u or '(none)' for u in series_uids)}); pass one series' files"
         )
     frames: list[_Frame] = []
     for index, ds in enumerate(datasets):
         frames.extend(_frames_of(ds, index))
     frames = _split_localizers(frames)
-    stack = check_frames([f.geometry for f in frames], spacing_tolerance=spacing_tolerance)
+    stack = check_frames([f.geometry for f in frames], spacing_tolerance=spacing_tolerance,
+                         names=[f.name for f in frames])
+    _check_sop_classes(frames, datasets)
     frames = [frames[i] for i in stack.order]
 
     rows, cols = frames[0].geometry.rows, frames[0].geometry.cols
@@ -254,13 +341,15 @@ def read_series(
             except Exception as exc:  # decoders raise many types
                 ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
                 raise VolumeError(
-                    f"pixel data must be decodable, SOPInstanceUID {ds.get('SOPInstanceUID', '?')} "
+                    f"pixel data must be decodable, {fr.name} (SOPInstanceUID {ds.get('SOPInstanceUID', '?')}) "
                     f"with transfer syntax {ts} failed: {exc}"
                 ) from None
         pixels = decoded[fr.dataset_index]
         plane = pixels[fr.frame_number - 1] if fr.frame_number else pixels
         if plane.ndim != 2:
-            raise VolumeError(f"images must be single-sample (grayscale) 2-D planes, got pixel shape {plane.shape}")
+            raise VolumeError(
+            f"images must be single-sample (grayscale) 2-D planes, got pixel shape {plane.shape} in {fr.name}"
+        )
         np.multiply(plane, np.float32(fr.slope), out=array[k], casting="unsafe")
         if fr.intercept:
             array[k] += np.float32(fr.intercept)
