@@ -127,7 +127,7 @@ def run_pacsnode(folder: Path, work: Path, fsync: bool = True, classic: bool = F
 def spool_floor(folder: Path, work: Path) -> float:
     """Seconds to make the series' files durable the way the node does (spool journal append,
     then the file through a temp file and rename), with no network and no DICOM: the disk's floor."""
-    from pacsnode.spool import Spool
+    from pacsnode.receive.spool import Spool
 
     spool = Spool(work / "floor", journal=True)
     spool.open()

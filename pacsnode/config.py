@@ -101,6 +101,9 @@ class NodeSettings:
         metadata=_check(lambda v: v == 0 or 4096 <= v <= 2**32 - 1, "0 (unlimited) or from 4096"),
     )
     acse_timeout: float = field(default=30.0, metadata=_positive())
+    artim_timeout: float = field(default=10.0, metadata=_positive())
+    max_pending_connections: int = field(default=16, metadata=_positive())
+    max_pending_per_address: int = field(default=4, metadata=_positive())
     dimse_timeout: float = field(default=60.0, metadata=_positive())
     network_timeout: float = field(default=60.0, metadata=_positive())
     min_free_disk_mb: int = field(default=1024, metadata=_non_negative())

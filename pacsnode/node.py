@@ -37,6 +37,7 @@ from pacsnode.ops import (
     watchdog_interval,
 )
 from pacsnode.processor import Processor
+from pacsnode.receive import Receiver, Spool, StorageSCP
 from pacsnode.routing import route_unit
 from pacsnode.scheduler import (
     JOB_HANDLER,
@@ -47,9 +48,7 @@ from pacsnode.scheduler import (
     register_handler,
     unregister_handler,
 )
-from pacsnode.scp import Receiver, StorageSCP
 from pacsnode.series import STABLE_HANDLER, Completeness
-from pacsnode.spool import Spool
 from pacsnode.states import JobState, SeriesState
 
 __all__ = ["Node", "model_sha256", "RETENTION_HANDLER"]
@@ -90,7 +89,8 @@ class Node:
         state_dir = Path(settings.node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
-        self.spool = Spool(state_dir, fsync=settings.node.fsync, journal=settings.node.spool_journal)
+        self.spool = Spool(state_dir, fsync=settings.node.fsync, journal=settings.node.spool_journal,
+                           min_free_mb=settings.node.min_free_disk_mb, on_restored=self._files_restored)
         self.ledger = Ledger(state_dir / "ledger.sqlite")
         self.scheduler = Scheduler(state_dir, settings.scheduler)
         self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe)
@@ -99,7 +99,8 @@ class Node:
             on_outputs=lambda job, ids: self.dispatcher.submit_rows([self.ledger.delivery(i) for i in ids]),
         )
         self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler, work or self.processor)
-        self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete)
+        self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete,
+                                         not_ready=self._files_missing)
         self.receiver = Receiver(
             self.spool, self.ledger,
             unit_of=self.completeness.unit_of,
@@ -243,6 +244,25 @@ class Node:
         LOG.info("resumed: %d units receiving, %d complete routed, %d running jobs re-queued, "
                  "%d jobs waiting, %d deliveries pending", armed, len(completed), requeued, len(waiting),
                  outbox)
+
+    def _files_missing(self, unit_uid: str) -> str | None:
+        """Why a quiet unit may not complete yet: instance files not in the spool (a write
+        after Success failed, e.g. disk full; the spool journal puts them back)."""
+        paths = self.ledger.instance_paths(unit_uid)
+        missing = sum(1 for p in paths if not p.is_file())
+        if missing:
+            return (f"{missing} of {len(paths)} instance files are not in the spool yet (the spool "
+                    f"journal restores them once space returns)")
+        return None
+
+    def _files_restored(self, paths: list[Path]) -> None:
+        """The journal put instance files back: a job that failed meanwhile runs again."""
+        restored = {str(p) for p in paths}
+        for job in self.ledger.jobs([JobState.FAILED]):
+            if restored & {str(p) for p in self.ledger.instance_paths(job.unit_uid)}:
+                self.ledger.requeue_job(job.id)
+                self.runner.submit(job.id)
+                LOG.warning("job %s re-queued: instance files of unit %s were restored", job.id, job.unit_uid)
 
     # --- stages -------------------------------------------------------------------------------
 

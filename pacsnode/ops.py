@@ -21,12 +21,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacsnode.config import RetentionSettings
 from pacsnode.ledger import Ledger
-from pacsnode.spool import Spool
 from pacsnode.states import SeriesState
+
+if TYPE_CHECKING:
+    from pacsnode.receive.spool import Spool
 
 __all__ = [
     "Metrics",

@@ -14,7 +14,9 @@ unit the ledger shows receiving (a timer lost in a crash is re-created). The qui
 of a unit still receiving starts again when the node starts: while the node was down its
 senders could not reach it (a PACS resends after a failed association), so the time it
 was down is not silence, and a crash or restart longer than ``stable_seconds`` never
-completes a half-received series. Completing is idempotent in the ledger (receiving →
+completes a half-received series. A quiet unit whose instance files are not all in the
+spool yet (a write after Success failed; the spool journal restores it) waits another
+period. Completing is idempotent in the ledger (receiving →
 complete only once per generation), so a timer can never complete a unit twice.
 """
 
@@ -58,7 +60,9 @@ class Completeness:
         scheduler: Scheduler,
         settings: SeriesSettings,
         on_complete: Callable[[str, int], None],
+        not_ready: Callable[[str], str | None] | None = None,
     ) -> None:
+        self.not_ready = not_ready  # a quiet unit completes only when this gives no reason
         self.ledger = ledger
         self.scheduler = scheduler
         self.settings = settings
@@ -101,6 +105,12 @@ class Completeness:
         due = max(unit.last_received_at, self._up_since) + self.settings.stable_seconds
         if due > now + 0.01:
             self.arm(unit_uid, due)
+            return
+        why = self.not_ready(unit_uid) if self.not_ready is not None else None
+        if why is not None:
+            LOG.warning("unit %s is quiet but not complete: %s; checking again in %g s", unit_uid, why,
+                        self.settings.stable_seconds)
+            self.arm(unit_uid, now + self.settings.stable_seconds)
             return
         generation = self.ledger.complete_unit(unit_uid, now=now)
         if generation is None:

@@ -25,7 +25,8 @@ EXPORTS = {
     "pacsnode.processor": {"Processor", "RUN_SUMMARY", "RunSummary", "result_uids"},
     "pacsnode.dispatcher": {"DELIVERY_HANDLER", "Dispatcher"},
     "pacsnode.routing": {"UnitRoute", "match_route", "matches", "route_unit"},
-    "pacsnode.spool": {"Spool", "safe_component"},
+    "pacsnode.receive": {"Receiver", "StorageSCP", "Spool", "TRANSFER_SYNTAXES", "safe_component",
+                         "storage_contexts"},
 }
 
 

@@ -21,11 +21,11 @@ from pynetdicom import AE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from pacsnode import fast_dimse
+from pacsnode.receive import fast_dimse
 from pacsnode.config import parse_settings
 from pacsnode.ledger import Ledger
-from pacsnode.scp import Receiver, StorageSCP
-from pacsnode.spool import Spool
+from pacsnode.receive import Receiver, StorageSCP
+from pacsnode.receive.spool import Spool
 
 pytestmark = pytest.mark.network
 
@@ -145,7 +145,7 @@ def test_peer_abort_mid_data_set_stores_nothing_and_the_node_carries_on(tmp_path
     try:
         assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
         assert assoc.is_established
-        ds = _ct("aborted")
+        ds = _ct("91")
         cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage
                   and c.transfer_syntax[0] == ExplicitVRLittleEndian)
         cmd = Dataset()
@@ -176,7 +176,7 @@ def test_peer_abort_mid_data_set_stores_nothing_and_the_node_carries_on(tmp_path
         assert node.ledger.instance_path(ds.SOPInstanceUID) is None
         assert not list(node.spool.root.rglob("*.dcm")) and not list(node.spool.root.rglob("*.part"))
         again = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
-        assert again.send_c_store(_ct("after")).Status == 0x0000
+        assert again.send_c_store(_ct("92")).Status == 0x0000
         again.release()
     finally:
         node.close()
@@ -200,10 +200,10 @@ def test_a_command_it_does_not_serve_is_handed_to_pynetdicom_and_the_association
         item = struct.pack(">IBB", len(command) + 2, cx.context_id, 0x03) + command
         assoc.dul.socket.socket.sendall(struct.pack(">BBI", 4, 0, len(item)) + item)
         assert assoc.send_c_echo().Status == 0x0000
-        assert assoc.send_c_store(_ct("late")).Status == 0x0000
+        assert assoc.send_c_store(_ct("93")).Status == 0x0000
         assoc.release()
         assert assoc.is_released
-        assert node.ledger.instance_path(_ct("late").SOPInstanceUID) is not None
+        assert node.ledger.instance_path(_ct("93").SOPInstanceUID) is not None
     finally:
         node.close()
 

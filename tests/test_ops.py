@@ -14,7 +14,7 @@ from pacsnode.config import RetentionSettings
 from pacsnode.demo.scenario import NodeProcess, free_port, wait_for, write_node_config
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
 from pacsnode.ops import retention_sweep
-from pacsnode.spool import Spool
+from pacsnode.receive.spool import Spool
 from pacsnode.states import SeriesState
 
 

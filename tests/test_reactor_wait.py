@@ -1,6 +1,6 @@
-"""The receive path's fast parts: event-driven association reactors and the header walker.
+"""The receive path's fast parts: event-driven association reactors (the header walker: tests/test_receive_header.py).
 
-Pins the pynetdicom 3.0 internals pacsnode.reactor_wait touches, so an upgrade that moves
+Pins the pynetdicom 3.0 internals pacsnode.receive.reactor_wait touches, so an upgrade that moves
 them fails here rather than silently falling back to 1 ms polling.
 """
 
@@ -10,16 +10,15 @@ import queue
 import threading
 
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification
 from pynetdicom.transport import AssociationSocket
 
-from pacsnode import reactor_wait, scp
+from pacsnode.receive import reactor_wait
 
 
 def test_pynetdicom_internals_it_relies_on_are_there() -> None:
@@ -77,26 +76,3 @@ def test_make_event_driven_refuses_an_association_it_does_not_know() -> None:
     assert reactor_wait.make_event_driven(assoc) is False
 
 
-def _body(path: str) -> tuple[bytes, str]:
-    ds = pydicom.dcmread(path)
-    raw = open(path, "rb").read()
-    meta_len = int.from_bytes(raw[140:144], "little")
-    return raw[144 + meta_len:], str(ds.file_meta.TransferSyntaxUID)
-
-
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "MR_small_implicit.dcm",
-                                  "JPEG2000.dcm", "SC_rgb_rle.dcm"])
-def test_header_walker_agrees_with_pydicom(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    data, ts = _body(get_testdata_file(name))
-    fast = scp.read_header(memoryview(data), ts)
-    monkeypatch.setattr(scp, "_fast_header", lambda d, ts: None)
-    assert fast == scp.read_header(data, ts)
-
-
-def test_header_walker_leaves_odd_data_sets_to_pydicom() -> None:
-    data, ts = _body(get_testdata_file("MR_small_implicit.dcm"))
-    assert ts == ImplicitVRLittleEndian
-    assert scp._scan_header(data, implicit=False) is None  # implicit bytes read as explicit
-    # a data set with only a truncated SOP Instance UID: pydicom's reading refuses it
-    with pytest.raises(scp.ReceiveError, match="must carry SOPClassUID"):
-        scp.read_header(b"\x08\x00\x18\x00UI\x40\x00" + b"1.2", ExplicitVRLittleEndian)

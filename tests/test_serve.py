@@ -223,7 +223,7 @@ def test_out_of_disk_mark_answers_a700(tmp_path: Path) -> None:
         out = storescu(port, tmp_path / "ser", extra=("-v",))
         said = (out.stderr + out.stdout).lower().replace(" ", "")
         assert "outofresources" in said or "a700" in said, out.stderr
-        assert "below node.min_free_disk_mb" in n.log.read_text()
+        assert "free disk space must stay at least node.min_free_disk_mb = 1e+09 MiB after writing" in n.log.read_text()
         assert not list((tmp_path / "state" / "spool").glob("*/*/*"))
     finally:
         n.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pacsnode.errors import ReceiveError
-from pacsnode.spool import Spool, safe_component
+from pacsnode.receive.spool import Spool, safe_component
 
 
 def test_write_places_whole_file_at_uid_path(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ moment there is work:
 
 Release, abort, ARTIM and idle-timer checks still run at least every ``WAIT_S``.
 
-The socket wrapper can also lend the socket's read side to :mod:`pacsnode.fast_dimse`:
+The socket wrapper can also lend the socket's read side to :mod:`pacsnode.receive.fast_dimse`:
 with ``take_on_accept`` set, it marks itself *owned* as the DUL sends the A-ASSOCIATE-AC
 (in the DUL thread, before the peer can send anything else), and from then on ``ready``
 never reports the peer socket to the DUL. :meth:`_WakeableSocket.hand_back` returns the

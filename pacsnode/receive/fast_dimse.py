@@ -14,7 +14,7 @@ the data phase of an established association with one loop in the association th
 * read a P-DATA-TF PDU straight into one buffer, split it into its PDVs;
 * a command set (Implicit VR Little Endian, PS3.7 §E) is read by a small walker; the data
   set's fragments are kept as views of the PDU buffers, not copied;
-* C-STORE-RQ: :meth:`pacsnode.scp.Receiver.store` (the same handler as pynetdicom's
+* C-STORE-RQ: :meth:`pacsnode.receive.handler.Receiver.store` (the same handler as pynetdicom's
   EVT_C_STORE path: spool, ledger, statuses), then the C-STORE-RSP is written to the
   socket; with the spool journal the instance is durable in the journal and in the ledger
   before the response, and its spool file is put in place just after it, while the peer
@@ -25,7 +25,7 @@ the data phase of an established association with one loop in the association th
   which finish the association exactly as they would have.
 
 The DUL thread does not read the socket while the fast path owns it
-(:class:`pacsnode.reactor_wait._WakeableSocket`), but it still sends whatever pynetdicom
+(:class:`pacsnode.receive.reactor_wait._WakeableSocket`), but it still sends whatever pynetdicom
 queues (an A-ABORT from :meth:`StorageSCP.stop`, say). ``node.fast_data_phase = false``
 leaves every association entirely to pynetdicom; so are DICOM TLS associations, always
 (an OpenSSL "bad length" error when this loop and pynetdicom shared the TLS socket is
@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from pynetdicom.association import Association
 
-from pacsnode.reactor_wait import _WakeableSocket, read_into
+from pacsnode.receive.reactor_wait import _WakeableSocket, read_into
 
 __all__ = ["enable", "encode_response", "parse_command", "C_STORE_RQ", "C_ECHO_RQ"]
 
@@ -66,14 +66,15 @@ _LEND_WAIT_S = 5.0  # longest wait for the DUL thread to send the A-ASSOCIATE-AC
 class _Store(Protocol):
     def store(self, assoc: Any, chunks: list[memoryview], transfer_syntax: str,
               affected_sop_instance_uid: str, after_response: list[Callable[[], None]] | None = None,
-              data_crc: int | None = None) -> int: ...
+              data_crc: int | None = None, *, abstract_syntax: str | None = None,
+              affected_sop_class_uid: str | None = None) -> int: ...
 
     def after_response(self, finishers: list[Callable[[], None]]) -> None: ...
 
 
 def enable(assoc: Association, receiver: _Store) -> bool:
     """Give ``assoc``'s data phase to :func:`_serve` (call from EVT_CONN_OPEN, after
-    :func:`pacsnode.reactor_wait.make_event_driven` succeeded)."""
+    :func:`pacsnode.receive.reactor_wait.make_event_driven` succeeded)."""
     wrapper = assoc.dul.socket
     if not isinstance(wrapper, _WakeableSocket):
         return False
@@ -280,8 +281,9 @@ def _answer(assoc: Association, sock: socket.socket, receiver: _Store, contexts:
             LOG.warning("C-STORE-RQ %d from %r carries no data set", message_id, assoc.requestor.ae_title)
             status = 0xC000
         else:
-            ts = contexts[msg.context_id].transfer_syntax[0]
-            status = receiver.store(assoc, msg.data, str(ts), instance, after, msg.crc)
+            cx = contexts[msg.context_id]
+            status = receiver.store(assoc, msg.data, str(cx.transfer_syntax[0]), instance, after, msg.crc,
+                                    abstract_syntax=str(cx.abstract_syntax), affected_sop_class_uid=sop_class)
     rsp = encode_response(_RSP | (command_field or 0), message_id, status, sop_class, instance)
     try:
         sock.sendall(_p_data(msg.context_id, rsp))

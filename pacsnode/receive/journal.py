@@ -20,7 +20,7 @@ that commits no metadata at all:
 A torn record (power cut inside the append) fails its CRC and ends the replay of that
 segment: the sender never got Success for it, so nothing acknowledged is lost. Records
 larger than a quarter of a segment bypass the journal (:meth:`SpoolJournal.append`
-returns None) and are written the classic way by :class:`pacsnode.spool.Spool`.
+returns None) and are written the classic way by :class:`pacsnode.receive.spool.Spool`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,12 @@ class SpoolJournal:
     """Segments under ``directory``; :meth:`append` is thread-safe."""
 
     def __init__(self, directory: str | Path, fs_root: str | Path, *,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+                 segment_bytes: int = SEGMENT_BYTES, space_ok: Callable[[int], bool] | None = None,
+                 restore: Callable[[str, bytes], bool] | None = None) -> None:
+        """``space_ok(nbytes)``: may a new segment of ``nbytes`` be allocated (the free-space
+        rule)? ``restore``: puts back a file whose write-behind failed, at run time."""
+        self.space_ok = space_ok or (lambda _n: True)
+        self.restore = restore
         self.dir = Path(directory)
         self.fs_root = Path(fs_root)  # a folder on the spool's file system, for syncfs
         self.segment_bytes = max(segment_bytes, 16 * _BLOCK)
@@ -255,6 +260,8 @@ class SpoolJournal:
         with self._lock:
             seg = self._active
             if seg is None or seg.offset + size > self.segment_bytes:
+                if not self._spares and not self.space_ok(self.segment_bytes):
+                    return None  # no segment within the free-space rule: the caller fsyncs the file
                 if seg is not None:
                     self._sealed.append(seg)
                 seg = self._active = self._spares.popleft() if self._spares else self._new_segment()
@@ -294,6 +301,27 @@ class SpoolJournal:
         self._sealed = [s for s in self._sealed if s.inflight != 0 or s.pinned]
         return due
 
+    def restore_pinned(self) -> int:
+        """Put back the files of pinned segments (a write-behind failed, e.g. disk full) and
+        unpin a segment once all its files are in place; returns the files restored. Runs in
+        the checkpoint thread every 0.5 s while any segment is pinned."""
+        if self.restore is None:
+            return 0
+        with self._lock:
+            pinned = [s for s in self._sealed if s.pinned and s.inflight == 0]
+        restored = 0
+        for seg in pinned:
+            try:
+                for rel, payload in self._records(seg.fd, seg.generation, seg.offset):
+                    restored += self.restore(rel, payload)
+            except OSError as exc:
+                LOG.debug("spool journal: %s still cannot be restored: %s", seg.path.name, exc)
+                continue
+            with self._lock:
+                seg.pinned = False
+            LOG.warning("spool journal: the files of %s are in place again; segment released", seg.path.name)
+        return restored
+
     def checkpoint(self) -> int:
         """Make the files of finished segments durable and retire the segments; returns how many."""
         with self._lock:
@@ -314,10 +342,11 @@ class SpoolJournal:
                     return
                 self._changed.wait(0.5)
             try:
+                self.restore_pinned()
                 self.checkpoint()
                 with self._lock:
                     short = len(self._spares) < _SPARES + (self._active is None) and not self._closing
-                if short:
+                if short and self.space_ok(self.segment_bytes):
                     seg = self._new_segment()
                     with self._lock:
                         self._spares.append(seg)

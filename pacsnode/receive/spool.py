@@ -8,7 +8,7 @@ instance or nothing; a crash leaves at most a ``*.part`` file, which
 Durability, before :meth:`Spool.write` returns: with a :class:`SpoolJournal` (the node's
 default) the file's bytes are first appended to the journal with one data-only flush,
 and the journal's checkpoints make the files themselves durable in the background
-(:mod:`pacsnode.spool_journal`); without one, or for a file too large for a journal
+(:mod:`pacsnode.receive.journal`); without one, or for a file too large for a journal
 segment, the temp file is ``fdatasync``-ed before the rename and the directory ``fsync``-ed
 after it.
 
@@ -24,12 +24,14 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pacsnode.errors import ReceiveError
-from pacsnode.spool_journal import SpoolJournal, fsync_dir
+from pacsnode.receive.journal import SpoolJournal, fsync_dir
+from pacsnode.receive.validate import STATUS_OUT_OF_RESOURCES, Refusal
 
 __all__ = ["Spool", "safe_component"]
 
@@ -52,13 +54,61 @@ def _nothing() -> None:
 
 
 class Spool:
-    """Instance files under ``<state_dir>/spool``."""
+    """Instance files under ``<state_dir>/spool``.
 
-    def __init__(self, state_dir: str | Path, *, fsync: bool = True, journal: bool = False) -> None:
+    ``min_free_mb`` is the hard free-space rule: :meth:`ensure_room` refuses bytes that would
+    leave less, and the journal takes no new segment that would. ``on_restored`` hears of
+    files the journal put back at run time (their write-behind had failed, e.g. disk full)."""
+
+    def __init__(self, state_dir: str | Path, *, fsync: bool = True, journal: bool = False,
+                 min_free_mb: float = 0.0, on_restored: Callable[[list[Path]], None] | None = None) -> None:
         self.root = Path(state_dir) / "spool"
         self.fsync = fsync
+        self.min_free_mb = min_free_mb
+        self.on_restored = on_restored
         self.root.mkdir(parents=True, exist_ok=True)
-        self.journal = SpoolJournal(Path(state_dir) / "journal", self.root) if fsync and journal else None
+        self._missing: set[Path] = set()  # journaled files whose write-behind failed, until restored
+        self._missing_lock = threading.Lock()
+        self.journal = (SpoolJournal(Path(state_dir) / "journal", self.root, space_ok=self.has_room,
+                                     restore=self._restore_at_run_time)
+                        if fsync and journal else None)
+
+    # --- the free-space rule ------------------------------------------------------------------
+
+    def has_room(self, nbytes: int, min_free_mb: float | None = None) -> bool:
+        """Would ``nbytes`` more leave at least ``min_free_mb`` (default: the spool's) free?"""
+        mark = self.min_free_mb if min_free_mb is None else min_free_mb
+        return self.free_mb() - nbytes / (1024 * 1024) >= mark
+
+    def ensure_room(self, nbytes: int, min_free_mb: float | None = None) -> None:
+        """Raise :class:`Refusal` (0xA700) unless ``nbytes`` more leave the mark free."""
+        mark = self.min_free_mb if min_free_mb is None else min_free_mb
+        free = self.free_mb()
+        if free - nbytes / (1024 * 1024) < mark:
+            raise Refusal(STATUS_OUT_OF_RESOURCES,
+                          f"free disk space must stay at least node.min_free_disk_mb = {mark:g} MiB after "
+                          f"writing {nbytes} bytes, got {free:.1f} MiB free in {self.root}")
+
+    def restoring(self, path: Path) -> bool:
+        """Is ``path`` a journaled file waiting to be restored (its write failed)?"""
+        with self._missing_lock:
+            return Path(path) in self._missing
+
+    def missing_files(self) -> int:
+        with self._missing_lock:
+            return len(self._missing)
+
+    def _restore_at_run_time(self, relative: str, data: bytes) -> bool:
+        restored = self._restore(relative, data)
+        path = (self.root / relative).resolve()
+        with self._missing_lock:
+            self._missing.discard(path)
+        if restored and self.on_restored is not None:
+            try:
+                self.on_restored([path])
+            except Exception:
+                LOG.exception("after restoring %s: the restore hook failed", path)
+        return restored
 
     def open(self) -> int:
         """On start: remove partial files, replay the journal; returns the files restored."""
@@ -149,6 +199,9 @@ class Spool:
                 self._write_file(path, chunks, sync=False)
                 ok = True
             finally:
+                if not ok:
+                    with self._missing_lock:
+                        self._missing.add(path.resolve())
                 journal.release(ticket, ok)
 
         return size, finish
