@@ -8,6 +8,12 @@ output and destination. Everything it writes is keyed by the job and the unit's
 generation: the SEG's and SR's UIDs are derived from (unit UID, model sha256,
 generation), so a re-run after a crash produces the same instances (the PACS sees a
 replacement, never a duplicate) and the ledger's outbox rows are the same rows.
+
+Failures keep their kind for the job runner (:func:`pacsnode.scheduler.failure_kind`): a
+unit that is not a clean volume, or a model input without its series, raises
+:class:`~pacsnode.errors.VolumeError` (the job fails at once, no retry); no space while
+writing results raises ``OSError`` ENOSPC (the job waits for space). A failed write
+removes its staging folder, so a full disk is not filled further by half results.
 """
 
 from __future__ import annotations
@@ -110,24 +116,28 @@ class Processor:
         out_dir = self.results_dir / str(job.id)
         staging = self.results_dir / f".{job.id}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        t1 = time.perf_counter()
-        outputs = self._write_outputs(job, route, model, volumes, prediction, staging)
-        timings["results"] = time.perf_counter() - t1
-        self.observe("results", timings["results"])
+        try:  # a failed write (e.g. no space left) must not leave half a results folder behind
+            staging.mkdir(parents=True)
+            t1 = time.perf_counter()
+            outputs = self._write_outputs(job, route, model, volumes, prediction, staging)
+            timings["results"] = time.perf_counter() - t1
+            self.observe("results", timings["results"])
 
-        card = model.card
-        volumes_ml = segment_volumes_ml(prediction.labels, card, affine=prediction.affine)
-        summary = RunSummary(
-            job_id=job.id, unit_uid=job.unit_uid, generation=job.generation, model=card.name,
-            model_version=card.version, model_sha256=model.sha256, channels=channels,
-            shape=volumes[0].shape, windows=prediction.windows,
-            timings={k: round(v, 4) for k, v in timings.items()},
-            volumes_ml={lb.name: round(float(volumes_ml.get(lb.value, 0.0)), 3) for lb in card.labels},
-            outputs={kind: path.name for kind, path in outputs.items()}, finished_at=time.time(),
-        )
-        (staging / RUN_SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
-        _replace_dir(staging, out_dir)
+            card = model.card
+            volumes_ml = segment_volumes_ml(prediction.labels, card, affine=prediction.affine)
+            summary = RunSummary(
+                job_id=job.id, unit_uid=job.unit_uid, generation=job.generation, model=card.name,
+                model_version=card.version, model_sha256=model.sha256, channels=channels,
+                shape=volumes[0].shape, windows=prediction.windows,
+                timings={k: round(v, 4) for k, v in timings.items()},
+                volumes_ml={lb.name: round(float(volumes_ml.get(lb.value, 0.0)), 3) for lb in card.labels},
+                outputs={kind: path.name for kind, path in outputs.items()}, finished_at=time.time(),
+            )
+            (staging / RUN_SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
+            _replace_dir(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         paths = [out_dir / p.name for p in outputs.values()]
 
         delivery_ids = []
