@@ -52,7 +52,10 @@ def timer_id(unit_uid: str) -> str:
 
 
 class Completeness:
-    """Idle timers per unit; calls ``on_complete(unit_uid, generation)`` once per completion."""
+    """Idle timers per unit; calls ``on_complete(unit_uid, generation)`` once per completion.
+
+    ``clock`` gives the time (POSIX seconds) quiet periods are measured with.
+    """
 
     def __init__(
         self,
@@ -61,6 +64,8 @@ class Completeness:
         settings: SeriesSettings,
         on_complete: Callable[[str, int], None],
         not_ready: Callable[[str], str | None] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.not_ready = not_ready  # a quiet unit completes only when this gives no reason
         self.ledger = ledger
@@ -69,7 +74,8 @@ class Completeness:
         self.on_complete = on_complete
         self._armed: set[str] = set()
         self._lock = threading.Lock()
-        self._up_since = time.time()  # no unit is quiet for longer than the node has been up
+        self.clock = clock
+        self._up_since = clock()  # no unit is quiet for longer than the node has been up
 
     def unit_of(self, study_uid: str, series_uid: str) -> tuple[str, str]:
         return unit_of(study_uid, series_uid, self.settings.group_by)
@@ -82,7 +88,7 @@ class Completeness:
             if need:
                 self._armed.add(uid)
         if need:
-            now = time.time() if now is None else now
+            now = self.clock() if now is None else now
             self.arm(uid, now + self.settings.stable_seconds)
 
     def arm(self, unit_uid: str, at: float) -> None:
@@ -101,7 +107,7 @@ class Completeness:
             return
         if unit.state is not SeriesState.RECEIVING:
             return
-        now = time.time()
+        now = self.clock()
         due = max(unit.last_received_at, self._up_since) + self.settings.stable_seconds
         if due > now + 0.01:
             self.arm(unit_uid, due)
@@ -122,7 +128,7 @@ class Completeness:
     def resume(self) -> int:
         """Re-arm the timer of every unit still receiving; returns how many."""
         units = self.ledger.units([SeriesState.RECEIVING])
-        self._up_since = max(self._up_since, time.time())
+        self._up_since = max(self._up_since, self.clock())
         for u in units:
             self.arm(u.uid, max(u.last_received_at, self._up_since) + self.settings.stable_seconds)
         return len(units)
