@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -20,38 +19,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from receive_node import ReceiveNode as _Node
 
 from pacsnode.receive import fast_dimse
-from pacsnode.config import parse_settings
-from pacsnode.ledger import Ledger
-from pacsnode.receive import Receiver, StorageSCP
-from pacsnode.receive.spool import Spool
 
 pytestmark = pytest.mark.network
-
-
-class _Node:
-    def __init__(self, tmp: Path, *, fast: bool, max_pdu: int = 262144) -> None:
-        self.port = free_port()
-        self.settings = parse_settings({
-            "node": {"port": self.port, "state_dir": str(tmp / "state"), "max_pdu": max_pdu,
-                     "min_free_disk_mb": 0, "fast_data_phase": fast},
-            "security": {"allowed_callers": [{"ae_title": "SCU", "hosts": ["127.0.0.0/8"]}]},
-        })
-        self.spool = Spool(tmp / "state", journal=True)
-        self.spool.open()
-        self.ledger = Ledger(tmp / "state" / "ledger.sqlite")
-        self.recorded: list[str] = []
-        self.receiver = Receiver(self.spool, self.ledger, unit_of=lambda st, se: (se, "series"),
-                                 on_recorded=lambda o: self.recorded.append(o.unit_uid),
-                                 min_free_disk_mb=0, fast_data_phase=fast)
-        self.scp = StorageSCP(self.settings, self.receiver)
-        self.scp.start()
-
-    def close(self) -> None:
-        self.scp.stop(grace=5)
-        self.spool.close()
-        self.ledger.close()
 
 
 @pytest.fixture(params=[True, False], ids=["fast", "pynetdicom"])

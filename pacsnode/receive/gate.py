@@ -27,6 +27,7 @@ usual: caller policy, contexts, the association cap.
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
 import ssl
@@ -78,6 +79,35 @@ def _items(body: bytes, start: int, what: str) -> list[tuple[int, bytes]]:
     return out
 
 
+_AE = re.compile(rb"^[\x20-\x5b\x5d-\x7e]{16}$")
+_UID = re.compile(rb"^[0-9.]{1,64}[\0 ]?$")
+_TEXT = re.compile(rb"^[\x20-\x7e]{1,16}[\0 ]?$")
+
+
+def _uid(value: bytes, what: str) -> None:
+    if not _UID.match(value):
+        raise MalformedPdu(f"{what} must be a UID, got {value[:70]!r}")
+
+
+def _user_information(value: bytes) -> None:
+    """The sub-items pynetdicom decodes as text or numbers must be what it can decode."""
+    for sub_type, sub in _items(value, 0, "User Information"):
+        if sub_type == 0x51 and len(sub) != 4:
+            raise MalformedPdu(f"Maximum Length must be 4 bytes, got {len(sub)}")
+        if sub_type == 0x52:
+            _uid(sub, "the Implementation Class UID")
+        if sub_type == 0x55 and not _TEXT.match(sub):
+            raise MalformedPdu(f"the Implementation Version Name must be 1 to 16 printable characters, "
+                               f"got {sub[:20]!r}")
+        if sub_type == 0x53 and len(sub) != 4:
+            raise MalformedPdu(f"Asynchronous Operations Window must be 4 bytes, got {len(sub)}")
+        if sub_type in (0x54, 0x56, 0x57):
+            if len(sub) < 2 or 2 + int.from_bytes(sub[:2], "big") > len(sub):
+                raise MalformedPdu(f"User Information sub-item 0x{sub_type:02X} must hold its UID, got "
+                                   f"{len(sub)} bytes")
+            _uid(sub[2:2 + int.from_bytes(sub[:2], "big")], f"User Information sub-item 0x{sub_type:02X}")
+
+
 def check_associate_rq(pdu: bytes) -> None:
     """Raise :class:`MalformedPdu` or :class:`NoPresentationContext` unless ``pdu`` (header
     included) is a well-formed A-ASSOCIATE-RQ proposing at least one presentation context."""
@@ -92,6 +122,9 @@ def check_associate_rq(pdu: bytes) -> None:
     if len(body) != length or length < 68:
         raise MalformedPdu(f"an A-ASSOCIATE-RQ must be at least 68 bytes as its header says, got "
                            f"{len(body)} of {length}")
+    for name, raw in (("called AE title", body[4:20]), ("calling AE title", body[20:36])):
+        if not _AE.match(raw) or not raw.strip(b" \0"):
+            raise MalformedPdu(f"the {name} must be 1 to 16 printable ASCII characters, got {raw!r}")
     items = _items(body, 68, "A-ASSOCIATE-RQ")
     kinds = Counter(t for t, _ in items)
     if kinds[0x10] != 1 or kinds[0x50] != 1:
@@ -103,6 +136,10 @@ def check_associate_rq(pdu: bytes) -> None:
                            f"{', '.join(f'0x{t:02X}' for t in unknown)}", reason=4)
     seen: set[int] = set()
     for item_type, value in items:
+        if item_type == 0x10:
+            _uid(value, "the application context name")
+        elif item_type == 0x50:
+            _user_information(value)
         if item_type != 0x20:
             continue
         if len(value) < 4:
@@ -112,7 +149,10 @@ def check_associate_rq(pdu: bytes) -> None:
             raise MalformedPdu(f"presentation context IDs must be odd, from 1 to 255 and unique, "
                                f"got {cid}{' twice' if cid in seen else ''}")
         seen.add(cid)
-        sub = Counter(t for t, _ in _items(value, 4, f"presentation context {cid}"))
+        subitems = _items(value, 4, f"presentation context {cid}")
+        for sub_type, sub_value in subitems:
+            _uid(sub_value, f"presentation context {cid}'s {'abstract' if sub_type == 0x30 else 'transfer'} syntax")
+        sub = Counter(t for t, _ in subitems)
         if sub[0x30] != 1 or sub[0x40] < 1 or set(sub) - {0x30, 0x40}:
             raise MalformedPdu(f"presentation context {cid} must hold one abstract syntax and at least "
                                f"one transfer syntax, got {dict(sub)}")

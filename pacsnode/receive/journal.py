@@ -346,7 +346,7 @@ class SpoolJournal:
                 self.checkpoint()
                 with self._lock:
                     short = len(self._spares) < _SPARES + (self._active is None) and not self._closing
-                if short and self.space_ok(self.segment_bytes):
+                if short and self.space_ok(2 * self.segment_bytes):  # a spare never takes the last room
                     seg = self._new_segment()
                     with self._lock:
                         self._spares.append(seg)
