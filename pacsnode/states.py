@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["SeriesState", "JobState", "DeliveryState"]
+__all__ = ["SeriesState", "JobState", "DeliveryState", "DestinationState"]
 
 
 class SeriesState(StrEnum):
@@ -35,3 +35,10 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+
+
+class DestinationState(StrEnum):
+    """up (answers) | down (a connection or association failed; probed by C-ECHO until it answers)."""
+
+    UP = "up"
+    DOWN = "down"

@@ -12,7 +12,7 @@ import pytest
 EXPORTS = {
     "pacsnode.errors": {"PacsnodeError", "ConfigError", "ReceiveError", "LedgerError", "VolumeError",
                         "ModelError", "InferenceError", "ResultsError", "DeliveryError"},
-    "pacsnode.states": {"SeriesState", "JobState", "DeliveryState"},
+    "pacsnode.states": {"SeriesState", "JobState", "DeliveryState", "DestinationState"},
     "pacsnode.volume": {"Volume", "read_series", "list_dicom_files", "SliceGeometry", "check_frames",
                         "resample_to_reference", "SeriesInfo", "scan_series", "select_series"},
     "pacsnode.inference": {"ModelCard", "load_model_card", "Model", "Prediction", "run", "Preprocessed",
