@@ -83,7 +83,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
             if not chunk:
                 return True, got
             got += chunk
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False, got
     except ConnectionResetError:
         return True, got

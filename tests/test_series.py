@@ -154,3 +154,24 @@ def test_a_unit_still_receiving_gets_a_full_quiet_period_after_a_restart(tmp_pat
     assert fired == [("1.2.3.4", 1)] and clock.t - started == 1.5
     assert ledger.unit("1.2.3.4").state is SeriesState.COMPLETE
     ledger.close()
+
+
+def test_a_quiet_unit_with_instance_files_missing_waits_for_them(tmp_path: Path) -> None:
+    # a write after Success failed (disk full): the journal restores the file later; until then
+    # the unit must not complete, however quiet it is
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    settings = SeriesSettings(group_by="series", stable_seconds=2.0)
+    missing = {"1.2.3.4": "1 of 1 instance files are not in the spool yet"}
+    fired: list[tuple[str, int]] = []
+    clock, timers = _Clock(2_000_000.0), _Timers()
+    c = Completeness(ledger, timers, settings, lambda u, g: fired.append((u, g)),  # type: ignore[arg-type]
+                     not_ready=missing.get, clock=clock)
+    _record(ledger, c, "1.1", now=clock.t)
+    tid = timer_id("1.2.3.4")
+    timers.fire(tid, clock, c, "1.2.3.4")
+    assert fired == [] and ledger.unit("1.2.3.4").state is SeriesState.RECEIVING
+    assert timers.pending == {tid: clock.t + 2.0}  # checked again a quiet period later
+    missing.clear()  # the journal put the file back
+    timers.fire(tid, clock, c, "1.2.3.4")
+    assert fired == [("1.2.3.4", 1)] and ledger.unit("1.2.3.4").state is SeriesState.COMPLETE
+    ledger.close()

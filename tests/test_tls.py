@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, dcmtk, free_port
-from test_serve import ENV, NodeProcess, write_config
+from test_serve import ENV, NodeProcess, make_series, write_config
 
 pytestmark = pytest.mark.network
 
@@ -42,3 +42,17 @@ def test_tls_with_client_certificate_succeeds_without_fails(tls_node: tuple[Node
     plain = _echo(node.port)
     assert plain.returncode != 0
     assert "association released: calling AE 'ECHOSCU'" in node.log.read_text()
+
+
+def test_c_store_over_tls_takes_the_gate_and_pynetdicoms_path(tls_node: tuple[NodeProcess, Path],
+                                                             tmp_path: Path) -> None:
+    # the gate does the TLS handshake and reads the A-ASSOCIATE-RQ; pynetdicom's data path stores
+    node, certs = tls_node
+    make_series(tmp_path / "ser", 3)
+    out = subprocess.run([dcmtk("storescu"), "-aet", "STORESCU", "-aec", "PACSNODE", "+tls",
+                          str(certs / "client.key"), str(certs / "client.crt"), "+cf", str(certs / "ca.crt"),
+                          "+sd", "127.0.0.1", str(node.port), str(tmp_path / "ser")],
+                         env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "association released: calling AE 'STORESCU' from 127.0.0.1" in node.log.read_text()
+    assert "3 stored, 0 duplicate, 0 failed" in node.log.read_text()

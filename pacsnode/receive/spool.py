@@ -117,7 +117,7 @@ class Spool:
             LOG.info("removed %d partial instance files left by a crash", swept)
         if self.journal is None:
             return 0
-        restored = self.journal.recover(self._restore)
+        restored = self.journal.recover(self._restore_at_run_time)
         self.journal.start()
         return restored
 
