@@ -1,4 +1,5 @@
-"""The fast C-STORE data phase (pacsnode.fast_dimse) against pynetdicom and DCMTK peers:
+"""The fast C-STORE data phase (pacsnode.receive.fast_dimse) against pynetdicom peers (DCMTK storescu
+sends through it in tests/test_serve.py and tests/test_tls.py):
 fragmented messages, both paths storing the same bytes, C-ECHO, release and abort handed back
 to pynetdicom, and the command set codec checked against pydicom."""
 
