@@ -36,6 +36,7 @@ __all__ = [
     "Destination",
     "ModelEntry",
     "SchedulerSettings",
+    "DeliverySettings",
     "RetentionSettings",
     "MetricsSettings",
     "load_settings",
@@ -209,6 +210,24 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """[delivery]: the outbox's own policy for long outages (jobs keep [scheduler]'s).
+
+    A failed delivery is retried after ``backoff_seconds * backoff_multiplier ** (n - 1)``
+    (capped at ``max_backoff_seconds``); a destination whose connection or association fails
+    is down and probed by C-ECHO every ``probe_seconds``, its deliveries sent as soon as it
+    answers; a delivery is dead-lettered only once it has been failing for longer than
+    ``horizon_hours`` since its first attempt.
+    """
+
+    horizon_hours: float = field(default=24.0, metadata=_positive())
+    backoff_seconds: float = field(default=10.0, metadata=_positive())
+    backoff_multiplier: float = field(default=2.0, metadata=_check(lambda v: v >= 1, "a number of at least 1"))
+    max_backoff_seconds: float = field(default=600.0, metadata=_positive())
+    probe_seconds: float = field(default=30.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     """[retention]: how long received instances and results are kept once a series has ended."""
 
@@ -237,6 +256,7 @@ class Settings:
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     models: Mapping[str, ModelEntry] = field(default_factory=dict)
     scheduler: SchedulerSettings = SchedulerSettings()
+    delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
     source: Path | None = None
@@ -397,6 +417,12 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, base_dir: Path | Non
 
 
 def _cross_check(s: Settings) -> None:
+    d = s.delivery
+    if d.max_backoff_seconds < d.backoff_seconds:
+        raise ConfigError(
+            f"delivery.max_backoff_seconds must be at least delivery.backoff_seconds "
+            f"({d.backoff_seconds:g}), got {d.max_backoff_seconds:g}"
+        )
     names = [r.name for r in s.routes]
     for i, route in enumerate(s.routes):
         if names.count(route.name) > 1:

@@ -51,6 +51,11 @@ def test_settings_are_frozen(default_config_path: Path) -> None:
         (lambda d: d["security"]["tls"].update(enabled=True), r"security\.tls\.cert is required when security\.tls\.enabled is true"),
         (lambda d: d.update(colour="blue"), r"colour is not a known setting in the top level"),
         (lambda d: d["scheduler"].update(max_attempts=True), r"scheduler\.max_attempts must be an integer, got True"),
+        (lambda d: d["delivery"].update(horizon_hours=0), r"delivery\.horizon_hours must be a positive number, got 0"),
+        (lambda d: d["delivery"].update(probe_seconds="30"), r"delivery\.probe_seconds must be a number, got '30'"),
+        (lambda d: d["delivery"].update(backoff_multiplier=0.5), r"delivery\.backoff_multiplier must be a number of at least 1, got 0\.5"),
+        (lambda d: d["delivery"].update(max_attempts=3), r"delivery\.max_attempts is not a known setting in \[delivery\]; valid keys: backoff_multiplier, backoff_seconds, horizon_hours, max_backoff_seconds, probe_seconds"),
+        (lambda d: d["delivery"].update(max_backoff_seconds=5), r"delivery\.max_backoff_seconds must be at least delivery\.backoff_seconds \(10\), got 5"),
     ],
 )
 def test_bad_values_name_the_key(repo_root: Path, edit, message: str) -> None:
