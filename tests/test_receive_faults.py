@@ -215,3 +215,22 @@ def test_fuzzed_pdus_are_closed_and_the_node_carries_on(tmp_path: Path) -> None:
         echo.release()
     finally:
         node.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])
+def test_an_mr_data_set_on_a_ct_context_gets_a900_and_leaves_nothing(tmp_path: Path, fast: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    node = ReceiveNode(tmp_path, fast=fast)
+    try:
+        src = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        raw = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+        body = raw[144 + int.from_bytes(raw[140:144], "little"):]
+        f = tmp_path / "mr-as-ct.dcm"  # the file meta (and so the context and the request) say CT
+        f.write_bytes(encode_file_meta(CTImageStorage, str(src.SOPInstanceUID), ExplicitVRLittleEndian) + body)
+        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        assert int(assoc.send_c_store(f).Status) == 0xA900
+        assoc.release()
+        assert node.ledger.instance_count() == 0 and not list(node.spool.root.rglob("*.dcm"))
+    finally:
+        node.close()
