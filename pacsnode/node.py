@@ -24,7 +24,7 @@ from typing import Any
 import pydicom
 
 from pacsnode.config import Settings
-from pacsnode.dispatcher import DELIVERY_HANDLER, Dispatcher
+from pacsnode.dispatcher import DELIVERY_HANDLER, PROBE_HANDLER, Dispatcher
 from pacsnode.errors import LedgerError, ModelError
 from pacsnode.inference.model import resolve_model_path
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
@@ -93,7 +93,8 @@ class Node:
                            min_free_mb=settings.node.min_free_disk_mb, on_restored=self._files_restored)
         self.ledger = Ledger(state_dir / "ledger.sqlite")
         self.scheduler = Scheduler(state_dir, settings.scheduler)
-        self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe)
+        self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe,
+                                     count=self.metrics.inc)
         self.processor = Processor(
             settings, self.ledger, observe=self.metrics.observe,
             on_outputs=lambda job, ids: self.dispatcher.submit_rows([self.ledger.delivery(i) for i in ids]),
@@ -123,6 +124,7 @@ class Node:
         register_handler(JOB_HANDLER, self.runner.run)
         register_handler(RETENTION_HANDLER, self.retention)
         register_handler(DELIVERY_HANDLER, self.dispatcher.deliver)
+        register_handler(PROBE_HANDLER, self.dispatcher.probe)
         register_handler(UPKEEP_HANDLER, self.upkeep)
         self.spool.open()
         self.reindex()
@@ -133,7 +135,8 @@ class Node:
         self.scp.start()
         m = self.settings.metrics
         if m.port:
-            self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy)
+            self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy,
+                                              destinations=tuple(self.settings.destinations))
             self.status_server.start()
         self._started = True
         sd_notify("READY=1\nSTATUS=receiving")
@@ -157,7 +160,8 @@ class Node:
         self.spool.close()
         if self.status_server is not None:
             self.status_server.stop()
-        for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER, DELIVERY_HANDLER):
+        for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER, DELIVERY_HANDLER,
+                     PROBE_HANDLER):
             unregister_handler(name)
         self.ledger.close()
         LOG.info("stopped")
@@ -305,4 +309,10 @@ class Node:
         retention_sweep(self.ledger, self.spool, self.settings.retention)
 
     def status(self) -> dict[str, Any]:
-        return status_snapshot(self.ledger)
+        return status_snapshot(self.ledger, self.settings.destinations)
+
+    def degraded_reasons(self) -> list[str]:
+        """Why the node is degraded, one line each (empty when it is not): a destination down
+        since when and why, deliveries dead-lettered, jobs failed. :meth:`healthy` stays the
+        liveness answer; this is readiness (``/readyz``)."""
+        return list(self.status()["reasons"])

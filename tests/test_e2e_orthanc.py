@@ -113,8 +113,8 @@ def test_orthanc_sends_study_and_receives_seg_and_sr(tmp_path: Path, brain_study
 def test_pacs_down_then_back_gets_the_result_exactly_once(tmp_path: Path, brain_study, threshold_onnx) -> None:
     config, node_port, orthanc = _node_and_pacs(
         tmp_path, threshold_onnx,
-        scheduler={"max_attempts": 20, "backoff_seconds": 1.0, "backoff_multiplier": 1.5,
-                   "max_backoff_seconds": 3.0})
+        delivery={"backoff_seconds": 1.0, "backoff_multiplier": 1.5, "max_backoff_seconds": 3.0,
+                  "probe_seconds": 1.0})
     files = [f for series in brain_study.values() for f in series]
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     with NodeProcess(config, node_port):

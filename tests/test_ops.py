@@ -44,6 +44,7 @@ def test_status_page_metrics_healthz_and_systemd_notify(tmp_path: Path) -> None:
             base = f"http://127.0.0.1:{http_port}"
             code, ctype, body = _get(base + "/healthz")
             assert (code, body) == (200, "ok\n")
+            assert _get(base + "/readyz")[::2] == (200, "ready\n")  # nothing failed, no destination down
             wait_for(lambda: "ignored" in _get(base + "/status")[2], 30, "the unit to be recorded")
             code, ctype, page = _get(base + "/")
             assert code == 200 and ctype.startswith("text/html")

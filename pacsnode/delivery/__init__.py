@@ -1,14 +1,27 @@
-"""Delivery: C-STORE results to destinations, and the outbox's retry policy as pure predicates."""
+"""Delivery: C-STORE results to destinations, C-ECHO probes, and the outbox's policy as pure predicates."""
 
-from pacsnode.delivery.outbox import backoff_seconds, is_delivery_due, is_exhausted, next_attempt_at
+from pacsnode.delivery.echo import echo_destination
+from pacsnode.delivery.outbox import (
+    backoff_seconds,
+    dead_letter_reason,
+    down_reason,
+    held_reason,
+    is_delivery_due,
+    is_past_horizon,
+    next_attempt_at,
+)
 from pacsnode.delivery.scu import MAX_CONTEXTS, StoreOutcome, send_datasets, tls_context
 
 __all__ = [
     "MAX_CONTEXTS",
     "StoreOutcome",
     "backoff_seconds",
+    "dead_letter_reason",
+    "down_reason",
+    "echo_destination",
+    "held_reason",
     "is_delivery_due",
-    "is_exhausted",
+    "is_past_horizon",
     "next_attempt_at",
     "send_datasets",
     "tls_context",

@@ -6,7 +6,9 @@ Explicit/Implicit VR Little Endian as a fallback. TCP_NODELAY is set on the sock
 as it connects (without it every C-STORE stalls on delayed ACKs; DESIGN.md field notes).
 Any failure — connection refused, timeout, association rejected or aborted, no accepted
 context, a failure status — is one :class:`~pacsnode.errors.DeliveryError` naming the
-peer (AE title, host, port) and the reason, never patient data.
+peer (AE title, host, port) and the reason, never patient data. Its ``unreachable``
+attribute tells an outage (no connection or association, or one that broke: the
+destination is down) from a peer that answered and refused (a failure status).
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ def _on_acse(event: Any, peer: _Peer) -> None:
         peer.reason = f"association aborted by the peer (source {source!r})"
 
 
+def _unreachable(message: str) -> DeliveryError:
+    """A DeliveryError that means the destination is down (no association, or it broke)."""
+    exc = DeliveryError(message)
+    exc.unreachable = True  # type: ignore[attr-defined]
+    return exc
+
+
 def _connect_reason(destination: Destination, timeout: float) -> str:
     """Why no association: probe the TCP connection to tell refusal from timeout."""
     try:
@@ -197,7 +206,7 @@ def send_datasets(
             )
         if not reason:
             reason = _connect_reason(destination, timeout)
-        raise DeliveryError(f"C-STORE to {peer_name} needs an association, got none: {reason}")
+        raise _unreachable(f"C-STORE to {peer_name} needs an association, got none: {reason}")
 
     outcomes: list[StoreOutcome] = []
     try:
@@ -211,7 +220,7 @@ def send_datasets(
                     f"got: {exc}"
                 ) from None
             if not assoc.is_established or "Status" not in rsp:
-                raise DeliveryError(
+                raise _unreachable(
                     f"C-STORE of {sop_uid} to {peer_name} got no response: "
                     f"{peer.reason or 'association aborted, released or timed out'}"
                 )

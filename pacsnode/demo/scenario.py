@@ -92,6 +92,7 @@ def write_node_config(
     seg_type: str = "binary",
     callers: Sequence[str] = ("ORTHANC", "STORESCU", "ECHOSCU", "PACSNODE-CLI"),
     scheduler: Mapping[str, Any] | None = None,
+    delivery: Mapping[str, Any] | None = None,
     metrics_port: int = 0,
     match: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -115,6 +116,8 @@ def write_node_config(
         doc.pop("destinations", None)
     if scheduler:
         doc["scheduler"].update(scheduler)
+    if delivery:
+        doc.setdefault("delivery", {}).update(delivery)
     doc["metrics"]["port"] = metrics_port
     path.write_text("# written by pacsnode.demo for a loopback run\n" + _toml(doc) + "\n")
     return path
