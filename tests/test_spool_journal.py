@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pacsnode.receive.spool import Spool
 from pacsnode.receive.journal import _BLOCK, SpoolJournal
+from pacsnode.receive.spool import Spool
 
 SEGMENT = 1024 * 1024  # small segments keep the tests quick
 
