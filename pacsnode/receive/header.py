@@ -49,6 +49,7 @@ _TEXT = {
 }
 _US = {0x00280002: "SamplesPerPixel", 0x00280010: "Rows", 0x00280011: "Columns",
        0x00280100: "BitsAllocated"}
+_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf-8"}
 _UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -82,10 +83,15 @@ class Header:
     pixels: PixelInfo = PixelInfo(None, None, None, None, None, None)
 
 
+_EXPLICIT = struct.Struct("<HH2sH")
+_IMPLICIT = struct.Struct("<HHI")
+_U32 = struct.Struct("<I")
+
+
 class _Bytes:
     """Random access over a data set received in fragments (no join)."""
 
-    __slots__ = ("chunks", "starts", "size")
+    __slots__ = ("chunks", "starts", "size", "_cur", "_lo", "_hi")
 
     def __init__(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         self.chunks = [memoryview(c).cast("B") if isinstance(c, memoryview) else memoryview(c) for c in chunks]
@@ -95,6 +101,19 @@ class _Bytes:
             self.starts.append(size)
             size += c.nbytes
         self.size = size
+        self._cur, self._lo, self._hi = (self.chunks[0], 0, self.chunks[0].nbytes) if self.chunks else (b"", 0, 0)
+
+    def view(self, pos: int, n: int) -> tuple[memoryview | bytes, int]:
+        """``n`` bytes at ``pos`` as (buffer, offset in it): a view of one fragment when they
+        lie in one (the common case), else a copy."""
+        if self._lo <= pos and pos + n <= self._hi:
+            return self._cur, pos - self._lo
+        i = bisect.bisect_right(self.starts, pos) - 1
+        c = self.chunks[i]
+        self._cur, self._lo, self._hi = c, self.starts[i], self.starts[i] + c.nbytes
+        if pos + n <= self._hi:
+            return c, pos - self._lo
+        return self.get(pos, n), 0
 
     def get(self, pos: int, n: int) -> bytes:
         i = bisect.bisect_right(self.starts, pos) - 1
@@ -128,35 +147,35 @@ class _Walker:
 
     def _dataset(self, pos: int, end: int, implicit: bool, depth: int, *, top: bool,
                  until_item_end: bool) -> int:
-        get = self.buf.get
+        view, get = self.buf.view, self.buf.get
+        explicit_unpack, implicit_unpack, u32 = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from, _U32.unpack_from
         while pos < end:
             if pos + 8 > end:
                 raise Malformed(f"the data set must end on an element boundary, got {end - pos} stray "
                                 f"bytes at offset {pos}")
-            head = get(pos, 8)
-            group, elem = struct.unpack_from("<HH", head)
+            c, o = view(pos, 8)
+            if implicit:
+                group, elem, length = implicit_unpack(c, o)
+                vr = b""
+                vpos = pos + 8
+            else:
+                group, elem, vr, length = explicit_unpack(c, o)
+                vpos = pos + 8
             tag = group << 16 | elem
             if tag == _ITEM_END and until_item_end:
                 return pos + 8
             if group == 0xFFFE:
                 raise Malformed(f"an item tag ({group:04X},{elem:04X}) must not stand among data "
                                 f"elements, got one at offset {pos}")
-            if implicit:
-                vr = b""
-                (length,) = struct.unpack_from("<I", head, 4)
-                vpos = pos + 8
-            else:
-                vr = head[4:6]
+            if not implicit:
                 if vr not in _VRS:
                     raise Malformed(f"element ({group:04X},{elem:04X}) must have a DICOM VR, got {vr!r}")
                 if vr in _LONG_VRS:
                     if pos + 12 > end:
                         raise Malformed(f"element ({group:04X},{elem:04X}) is cut off in its header")
-                    (length,) = struct.unpack("<I", get(pos + 8, 4))
+                    c, o = view(pos + 8, 4)
+                    (length,) = u32(c, o)
                     vpos = pos + 12
-                else:
-                    (length,) = struct.unpack_from("<H", head, 6)
-                    vpos = pos + 8
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA and depth == 0:
                     pos = self._fragments(vpos, end)
@@ -264,8 +283,12 @@ def header_of(chunks: Sequence[bytes | bytearray | memoryview], transfer_syntax:
     walker.run()
     raw = walker.values
     charset_raw = raw.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
-    charsets = convert_encodings([v.strip() for v in charset_raw.split("\\")] if charset_raw else None)
-    text = {_TEXT[t]: _text(v, charsets) for t, v in raw.items() if t in _TEXT}
+    codec = _CODECS.get(charset_raw)
+    if codec is not None:  # the common single-byte or UTF-8 sets: no pydicom machinery
+        text = {_TEXT[t]: v.decode(codec, "replace").strip(" \0") for t, v in raw.items() if t in _TEXT}
+    else:
+        charsets = convert_encodings([v.strip() for v in charset_raw.split("\\")])
+        text = {_TEXT[t]: _text(v, charsets) for t, v in raw.items() if t in _TEXT}
     us = {}
     for t, v in raw.items():
         if t in _US:
