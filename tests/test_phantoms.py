@@ -29,7 +29,7 @@ def ct():
 
 def test_phantoms_package_never_imports_torch():
     code = ("import sys, distillation.phantoms as p; p.generate_brain_case(0, 4); p.generate_ct_case(0, 6); "
-            "from distillation.phantoms import dicom, nnunet_raw, orientation; import distillation.cli_phantoms; "
+            "from distillation.phantoms import dicom, nnunet_raw, orientation; import distillation.cli.phantoms; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

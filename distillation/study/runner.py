@@ -106,7 +106,7 @@ def _ensure_dataset(config: StudyConfig, work: Path) -> Path:
     if (folder / "dataset.json").is_file():
         log.info("study: dataset %s is there, skipping generation", folder)
         return folder
-    from distillation.cli_phantoms import run as phantoms
+    from distillation.cli.phantoms import run as phantoms
 
     d = config.dataset
     log.info("study: generating %d + %d %s phantoms in %s", d.cases, d.test_cases, d.kind, folder)

@@ -21,13 +21,13 @@ __all__ = ["main", "build_parser", "missing_train_modules", "TRAIN_EXTRA_HINT"]
 
 # Sub-command modules, in the order `distill --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "distillation.cli_phantoms",
-    "distillation.cli_train",
-    "distillation.cli_import_nnunet",
-    "distillation.cli_export",
-    "distillation.cli_evaluate",
-    "distillation.cli_show_case",
-    "distillation.cli_study",
+    "distillation.cli.phantoms",
+    "distillation.cli.train",
+    "distillation.cli.import_nnunet",
+    "distillation.cli.export",
+    "distillation.cli.evaluate",
+    "distillation.cli.show_case",
+    "distillation.cli.study",
 )
 
 # Import names of the [train] extra (pyproject.toml) that the sub-commands need.
@@ -80,6 +80,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
