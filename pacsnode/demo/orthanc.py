@@ -6,6 +6,7 @@ system instance. Its REST API is used through urllib (no extra dependency).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ __all__ = ["ORTHANC_BIN", "OrthancServer", "RemoteModality", "orthanc_available"
 log = logging.getLogger(__name__)
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def orthanc_available() -> bool:
@@ -51,6 +53,8 @@ class OrthancServer:
     http_port: int
     ae_title: str = "ORTHANC"
     modalities: Sequence[RemoteModality] = ()
+    dicomweb: bool = False  # Orthanc's DICOMweb plugin at /dicom-web/ (Debian's orthanc-dicomweb)
+    users: Mapping[str, str] = field(default_factory=dict)  # HTTP basic auth, when not empty
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -70,14 +74,16 @@ class OrthancServer:
             "DicomPort": self.dicom_port,
             "DicomAet": self.ae_title,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": dict(self.users),
             "HttpServerEnabled": True,
             "DicomServerEnabled": True,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "StableAge": 2,
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "DicomModalities": {
                 m.name: {"AET": m.ae_title, "Host": m.host, "Port": m.port} for m in self.modalities
             },
@@ -134,6 +140,9 @@ class OrthancServer:
     def _request(self, method: str, path: str, body: bytes | None = None,
                  content_type: str = "application/json", timeout: float = 120.0) -> bytes:
         req = urllib.request.Request(self.url + path, data=body, method=method)
+        if self.users:  # the first registered user
+            user, password = next(iter(self.users.items()))
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         if body is not None:
             req.add_header("Content-Type", content_type)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
