@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pacsnode.cli.infer",
     "pacsnode.cli.model",
     "pacsnode.cli.config_cmd",
+    "pacsnode.cli.conformance",
 )
 
 EXIT_OK = 0

@@ -30,7 +30,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pacsnode.config import Destination
 from pacsnode.errors import DeliveryError
 
-__all__ = ["StoreOutcome", "send_datasets", "tls_context", "MAX_CONTEXTS"]
+__all__ = ["StoreOutcome", "send_datasets", "tls_context", "MAX_CONTEXTS", "FALLBACK_TRANSFER_SYNTAXES",
+           "STORED_WARNINGS"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ MAX_CONTEXTS = 128
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # C-STORE statuses that mean "stored" (0000 success, Bxxx warnings: coerced, elements discarded, ...)
 _WARNINGS = {0xB000, 0xB006, 0xB007}
+# public names for the conformance statement (pacsnode.conformance)
+FALLBACK_TRANSFER_SYNTAXES: tuple[str, ...] = _UNCOMPRESSED
+STORED_WARNINGS: frozenset[int] = frozenset(_WARNINGS)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import pacsnode
 from pacsnode.errors import ResultsError
 from pacsnode.results.card import CardLabel, CodeValue, ResultCard, result_card
 
-__all__ = ["SegType", "write_seg", "seg_series_description", "segment_numbers"]
+__all__ = ["SegType", "write_seg", "seg_series_description", "segment_numbers", "SEG_SOP_CLASS_UIDS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ class SegType(enum.StrEnum):
     BINARY = "binary"
     FRACTIONAL = "fractional"
     LABELMAP = "labelmap"
+
+
+# The SOP class each Segmentation Type is written as (highdicom: LABELMAP is the Label Map
+# Segmentation Storage SOP class); the conformance statement lists them as the SCU's.
+SEG_SOP_CLASS_UIDS: dict[SegType, str] = {
+    SegType.BINARY: "1.2.840.10008.5.1.4.1.1.66.4",
+    SegType.FRACTIONAL: "1.2.840.10008.5.1.4.1.1.66.4",
+    SegType.LABELMAP: "1.2.840.10008.5.1.4.1.1.66.7",
+}
 
 
 def seg_series_description(card: ResultCard, kind: str = "SEG") -> str:

@@ -24,11 +24,12 @@ from pacsnode.results.card import result_card
 from pacsnode.results.seg import seg_series_description, segment_numbers
 from pacsnode.results.volumes import segment_volumes_ml
 
-__all__ = ["write_sr", "MILLILITER"]
+__all__ = ["write_sr", "MILLILITER", "SR_SOP_CLASS_UID"]
 
 log = logging.getLogger(__name__)
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
+SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 
 _PROCEDURES = {
     "MR": Code("113091000", "SCT", "Magnetic resonance imaging"),
