@@ -232,6 +232,9 @@ class RetentionSettings:
     """[retention]: how long received instances and results are kept once a series has ended."""
 
     done_days: float = field(default=7.0, metadata=_non_negative())
+    backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    inputs: Mapping[str, InputSelector] = field(default_factory=dict)
     failed_days: float = field(default=30.0, metadata=_non_negative())
     ignored_hours: float = field(default=24.0, metadata=_non_negative())
     interval_minutes: float = field(default=60.0, metadata=_positive())

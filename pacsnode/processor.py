@@ -97,7 +97,8 @@ class Processor:
         with self._lock:
             cached = self._models.get(name)
             if cached is None or not _same_file(cached.path, file):
-                cached = Model.load(file, threads=entry.threads)
+                cached = Model.load(file, threads=entry.threads, backend=entry.backend,
+                                    precision=entry.precision)
                 self._models[name] = cached
             return cached
 

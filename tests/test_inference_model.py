@@ -18,7 +18,7 @@ def test_load_reads_card_and_runs(tmp_path):
     data = threshold_model(path, make_card(1, 1), threshold=0.5)
     m = Model.load(path, threads=1)
     assert m.card.name == "test-model" and m.sha256 == hashlib.sha256(data).hexdigest()
-    assert m.session.get_session_options().intra_op_num_threads == 1
+    assert m.threads == 1 and m.runtime.threads == 1
     x = np.array([0.0, 1.0], np.float32).reshape(1, 1, 1, 1, 2)
     out = m.predict(x)
     assert out.shape == (1, 2, 1, 1, 2)

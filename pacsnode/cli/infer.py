@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="series directories, or one study directory; each card input is found by its selector")
     p.add_argument("--model", required=True, help="model .onnx file or builtin:NAME")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    p.add_argument("--backend", choices=["auto", "openvino", "onnxruntime"], default="auto",
+                   help="runtime (default auto: the fastest installed one that passes the parity self-check)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="fp32 (default); bf16 or int8 only where the model card records evidence for it")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float32)")
     p.add_argument("--seg", choices=["binary", "fractional", "labelmap"], nargs="?", const="binary",
                    help="also write a DICOM SEG (default BINARY) and its TID 1500 volume SR")
@@ -34,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    model = Model.load(args.model, threads=args.threads)
+    model = Model.load(args.model, threads=args.threads, backend=args.backend, precision=args.precision)
     t_load = time.perf_counter() - t0
     card = model.card
     t0 = time.perf_counter()
@@ -69,6 +73,9 @@ def _infer(args: argparse.Namespace) -> int:
     print(f"  series   {', '.join(f'{ch.name}={v.series_instance_uid}' for ch, v in zip(card.inputs, volumes, strict=True))}")
     print(f"  grid     {' × '.join(str(s) for s in pred.labels.shape)} at "
           f"{' × '.join(f'{s:g}' for s in volumes[0].spacing)} mm, {pred.windows} window(s)")
+    print(f"  runtime  {model.backend} {model.precision}, {model.threads} thread(s)"
+          + (f", self-check {model.parity.describe()}" if model.parity else " (the reference)")
+          + "".join(f"; passed over {r}" for r in model.rejected))
     counts = np.bincount(pred.labels.ravel(), minlength=256)
     for lab in card.labels:
         print(f"  label {lab.value:>3} {lab.name:<18} {int(counts[lab.value]):>10} voxels")

@@ -26,6 +26,8 @@ def describe(model: Model) -> str:
     lines = [
         f"{c.name} {c.version}",
         f"  file           {model.path} (sha256 {model.sha256})",
+        f"  runtime        {model.backend} {model.precision}"
+        + (f" (self-check: {model.parity.describe()})" if model.parity else " (the reference runtime)"),
         f"  description    {c.description}" if c.description else None,
         f"  intended use   {c.intended_use}" if c.intended_use else None,
         "  inputs",
@@ -42,6 +44,11 @@ def describe(model: Model) -> str:
         f"  postprocessing largest component of {list(c.postprocessing.largest_component)}"
         if c.postprocessing.largest_component else "  postprocessing none",
     ]
+    lines.append(f"  precisions     {', '.join(c.allowed_precisions) or 'none'} allowed"
+                 + ("" if c.validated_precisions else " (no reduced precision validated)"))
+    lines += [f"    {v.precision:<5} on {v.backend}: Dice change {v.dice_change:+.4f} mean, "
+              f"{v.worst_dice_change:+.4f} worst label, voxel agreement with fp32 {v.voxel_agreement:.5f}, "
+              f"{v.cases} cases of {v.dataset}" for v in c.validated_precisions]
     if c.provenance:
         lines.append("  provenance")
         lines += [f"    {k:<14} {v}" for k, v in c.provenance.items()]

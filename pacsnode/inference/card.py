@@ -26,6 +26,8 @@ __all__ = [
     "Normalization",
     "Label",
     "Postprocessing",
+    "ValidatedPrecision",
+    "PRECISIONS",
     "ModelCard",
     "load_model_card",
 ]
@@ -34,10 +36,11 @@ SCHEMA = "pacsnode.model_card/1"
 METADATA_KEY = "pacsnode.model_card"
 NORMALIZATION_SCHEMES = ("zscore", "ct", "none")
 ACTIVATIONS = ("softmax", "sigmoid")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 _REQUIRED = ("schema", "name", "version", "inputs", "target_spacing", "patch_size", "normalization", "labels")
 _OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "activation",
-             "postprocessing", "provenance")
+             "postprocessing", "provenance", "validated_precisions")
 
 
 def _err(path: str, rule: str, value: Any, valid: str) -> ModelError:
@@ -215,6 +218,46 @@ class Postprocessing:
         return {"largest_component": list(self.largest_component)}
 
 
+_EVIDENCE_NUMBERS = ("dice_change", "worst_dice_change", "voxel_agreement")
+
+
+@dataclass(frozen=True)
+class ValidatedPrecision:
+    """Evidence that the model may run at ``precision``: measured against fp32 on held-out cases.
+
+    ``dice_change`` is the mean over labels of (Dice at this precision - Dice at fp32),
+    ``worst_dice_change`` the lowest per-label change, ``voxel_agreement`` the fraction of
+    voxels whose label equals fp32's, over ``cases`` cases of ``dataset`` run on ``backend``.
+    """
+
+    precision: str
+    backend: str
+    cases: int
+    dataset: str
+    dice_change: float
+    worst_dice_change: float
+    voxel_agreement: float
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str) -> ValidatedPrecision:
+        d = _keys(d, path, ("precision", "backend", "cases", "dataset", *_EVIDENCE_NUMBERS))
+        if d["precision"] not in PRECISIONS:
+            raise _err(f"{path}.precision", "must name a precision", d["precision"], ", ".join(PRECISIONS))
+        cases = d["cases"]
+        if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
+            raise _err(f"{path}.cases", "must be a positive integer", cases, "the number of held-out cases")
+        numbers = {k: _num(d[k], f"{path}.{k}") for k in _EVIDENCE_NUMBERS}
+        if not 0 <= numbers["voxel_agreement"] <= 1:
+            raise _err(f"{path}.voxel_agreement", "must be a fraction", d["voxel_agreement"], "a number in [0, 1]")
+        return cls(precision=d["precision"], backend=_str(d["backend"], f"{path}.backend"), cases=cases,
+                   dataset=_str(d["dataset"], f"{path}.dataset"), **numbers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "backend": self.backend, "cases": self.cases,
+                "dataset": self.dataset, "dice_change": self.dice_change,
+                "worst_dice_change": self.worst_dice_change, "voxel_agreement": self.voxel_agreement}
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything needed to run one model; the single source of truth for its plans."""
@@ -234,6 +277,7 @@ class ModelCard:
     activation: str = "softmax"
     postprocessing: Postprocessing = Postprocessing()
     provenance: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    validated_precisions: tuple[ValidatedPrecision, ...] = ()
     schema: str = SCHEMA
 
     # ---- derived -----------------------------------------------------------------
@@ -249,6 +293,33 @@ class ModelCard:
     @property
     def channel_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.inputs)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the file is an int8 (QDQ) export (``provenance.quantization``, set by ``distill export --int8``)."""
+        return "quantization" in self.provenance
+
+    @property
+    def allowed_precisions(self) -> tuple[str, ...]:
+        """Precisions the node may run: fp32 for a float file, plus each one the card has evidence for."""
+        validated = [v.precision for v in self.validated_precisions]
+        base = [] if self.quantized else ["fp32"]
+        return tuple(p for p in PRECISIONS if p in base or p in validated)
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse a precision the card does not allow (one line: the rule, the value, what is valid)."""
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if self.quantized and precision != "int8":
+            raise ModelError(f"model {self.name} is an int8 (quantized) file, so it must run at precision int8, "
+                             f"got {precision}")
+        if not self.quantized and precision == "int8":
+            raise ModelError(f"precision int8 needs an int8 model file (distill export --int8), got the float "
+                             f"model {self.name}; valid: {', '.join(self.allowed_precisions)}")
+        if precision not in self.allowed_precisions:
+            raise ModelError(f"precision {precision} must be validated in model {self.name}'s card "
+                             f"(validated_precisions: Dice against fp32 on held-out cases), got none for it; "
+                             f"valid: {', '.join(self.allowed_precisions) or 'none'}")
 
     def label(self, value: int) -> Label:
         for lab in self.labels:
@@ -311,6 +382,15 @@ class ModelCard:
         provenance = d.get("provenance", {})
         if not isinstance(provenance, Mapping):
             raise _err("provenance", "must be an object", provenance, "a JSON object")
+        validated = d.get("validated_precisions", [])
+        if not isinstance(validated, list):
+            raise _err("validated_precisions", "must be a list", validated,
+                       '[{"precision": "bf16", "backend": ..., "cases": ..., ...}]')
+        precisions = tuple(ValidatedPrecision.from_dict(x, f"validated_precisions[{i}]")
+                           for i, x in enumerate(validated))
+        seen = [v.precision for v in precisions]
+        if len(set(seen)) != len(seen):
+            raise _err("validated_precisions", "must name each precision once", seen, ", ".join(PRECISIONS))
         return cls(
             name=_str(d["name"], "name"),
             version=_str(d["version"], "version"),
@@ -327,6 +407,7 @@ class ModelCard:
             labels=labels,
             postprocessing=Postprocessing(tuple(lcc)),
             provenance=MappingProxyType(json.loads(json.dumps(provenance))),
+            validated_precisions=precisions,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +428,8 @@ class ModelCard:
             "labels": [lab.to_dict() for lab in self.labels],
             "postprocessing": self.postprocessing.to_dict(),
             "provenance": json.loads(json.dumps(dict(self.provenance))),
+            **({"validated_precisions": [v.to_dict() for v in self.validated_precisions]}
+               if self.validated_precisions else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

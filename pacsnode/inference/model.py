@@ -1,26 +1,45 @@
-"""One deployable model: an ONNX Runtime session plus its validated model card."""
+"""One deployable model: its validated card and the runtime chosen for it (OpenVINO or ONNX Runtime).
+
+``Model.load(path, backend=, precision=)``: ONNX Runtime always opens the file first (it is
+the reference and the fallback, and its refusals name the problem); the card must allow the
+precision (:meth:`ModelCard.check_precision`). ``backend="auto"`` then tries the installed
+backends fastest first (:data:`~pacsnode.inference.backends.AUTO_ORDER`) and takes the first
+that supports the precision and passes the parity self-check (:mod:`pacsnode.inference.selfcheck`)
+against ONNX Runtime on a fixed window; a named backend must pass the same check or the load is
+refused. ONNX Runtime at the file's own precision is the reference and is not checked.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from pacsnode.errors import ModelError
+from pacsnode.inference.backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    BF16_ON_ONNXRUNTIME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Runtime,
+    open_onnxruntime,
+    open_openvino,
+    openvino_status,
+)
 from pacsnode.inference.card import METADATA_KEY, ModelCard
+from pacsnode.inference.selfcheck import Parity, compare, fixed_window
 
 __all__ = ["Model", "BUILTIN_DIR", "resolve_model_path", "INPUT_NAME", "OUTPUT_NAME"]
 
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "models"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -48,38 +67,43 @@ def _dims(shape: list[Any]) -> list[int | None]:
 
 @dataclass(frozen=True, eq=False)
 class Model:
-    """A loaded model. Use :meth:`load`; one session per model, reused for every window."""
+    """A loaded model. Use :meth:`load`; one runtime per model, reused for every window.
+
+    ``runtime.name`` / ``runtime.precision`` say what runs it; ``parity`` is the self-check
+    that admitted it (None for the reference, ONNX Runtime at the file's precision);
+    ``rejected`` lists backends ``auto`` passed over, with the reason.
+    """
 
     path: Path
     card: ModelCard
-    session: ort.InferenceSession
+    runtime: Runtime
     sha256: str
     threads: int
+    parity: Parity | None = None
+    rejected: tuple[str, ...] = ()
+    check_seconds: float = 0.0
+
+    @property
+    def backend(self) -> str:
+        return self.runtime.name
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 2) -> Model:
-        """Open ``path`` (or ``builtin:NAME``), validate its card and its input/output shapes."""
-        if threads < 1:
+    def load(cls, path: str | Path, threads: int = 2, *, backend: str = "auto", precision: str = "fp32") -> Model:
+        """Open ``path`` (or ``builtin:NAME``), validate its card, I/O shapes and precision, pick the backend."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ModelError(f"threads must be a positive integer, got {threads}")
+        if backend not in BACKENDS:
+            raise ModelError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         file = resolve_model_path(path)
         data = file.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        # no arena: activations of a 128³ window are freed after each run instead of being held
-        # for the rest of the job (peak memory matters more than the small allocation cost here)
-        opts.enable_cpu_mem_arena = False
-        try:
-            session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"model file must be a valid ONNX model, got {file.name} which ONNX Runtime "
-                             f"refuses: {first}") from None
-        meta = session.get_modelmeta().custom_metadata_map
+        reference = open_onnxruntime(data, file.name, threads, "int8" if precision == "int8" else "fp32")
+        del data
+        meta = reference.metadata()
         if METADATA_KEY not in meta:
             raise ModelError(f"model file must carry a model card in metadata key {METADATA_KEY!r}, got "
                              f"{file.name} with keys {sorted(meta) or 'none'}; export it with "
@@ -88,19 +112,76 @@ class Model:
             card = ModelCard.from_json(meta[METADATA_KEY])
         except ModelError as exc:
             raise ModelError(f"{file.name}: {exc}") from None
-        _check_io(session, card, file.name)
-        log.info("loaded model %s %s (sha256 %s, %d threads)", card.name, card.version, digest[:12], threads)
-        return cls(path=file, card=card, session=session, sha256=digest, threads=int(threads))
+        _check_io(reference.session, card, file.name)
+        try:
+            card.check_precision(precision)
+        except ModelError as exc:
+            raise ModelError(f"{file.name}: {exc}") from None
+        t0 = time.perf_counter()
+        runtime, parity, rejected = _choose(file, card, reference, backend, precision, threads)
+        seconds = time.perf_counter() - t0
+        if rejected:
+            log.warning("model %s: %s", card.name, "; ".join(rejected))
+        log.info("loaded model %s %s (sha256 %s) on %s %s, %d threads%s", card.name, card.version, digest[:12],
+                 runtime.name, runtime.precision, threads,
+                 f"; self-check {parity.describe()} in {seconds:.1f} s" if parity else "")
+        return cls(path=file, card=card, runtime=runtime, sha256=digest, threads=int(threads), parity=parity,
+                   rejected=tuple(rejected), check_seconds=seconds)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Logits (1, K, z, y, x) for one float32 window (1, C, z, y, x)."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: window})[0]
+        return self.runtime.predict(window)
 
     def __repr__(self) -> str:
-        return f"Model({self.card.name!r} {self.card.version}, {self.path.name}, sha256={self.sha256[:12]})"
+        return (f"Model({self.card.name!r} {self.card.version}, {self.path.name}, {self.backend} {self.precision}, "
+                f"sha256={self.sha256[:12]})")
 
 
-def _check_io(session: ort.InferenceSession, card: ModelCard, name: str) -> None:
+def _choose(file: Path, card: ModelCard, reference: Any, backend: str, precision: str,
+            threads: int) -> tuple[Runtime, Parity | None, list[str]]:
+    """The runtime for (backend, precision): the reference itself, or a candidate that passes the check."""
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise ModelError(BF16_ON_ONNXRUNTIME)
+        return reference, None, []
+    names = [backend] if backend != "auto" else list(AUTO_ORDER)
+    rejected: list[str] = []
+    window = fixed_window(card.channels, card.patch_size)
+    expected: np.ndarray | None = None
+    for name in names:
+        if name == "onnxruntime":
+            if precision == "bf16":
+                rejected.append("onnxruntime: no bf16 CPU convolution")
+                continue
+            return reference, None, rejected
+        ov, why = openvino_status()
+        if ov is None:
+            if backend != "auto":
+                raise ModelError(f"backend openvino must be installed, got {why}; valid: auto, onnxruntime")
+            rejected.append(f"openvino: {why}")
+            continue
+        try:
+            candidate = open_openvino(file, threads, precision, window.shape)
+        except ModelError as exc:
+            if backend != "auto":
+                raise
+            rejected.append(f"openvino: {exc}")
+            continue
+        if expected is None:
+            expected = reference.predict(window)
+        parity = compare(candidate.predict(window), expected, precision, card.activation)
+        if parity.passed:
+            return candidate, parity, rejected
+        if backend != "auto":
+            raise ModelError(f"backend openvino at {precision} must match ONNX Runtime on the self-check window, "
+                             f"got {parity.describe()}; use backend onnxruntime")
+        rejected.append(f"openvino {precision} failed the self-check: {parity.describe()}")
+    valid = "fp32" if precision == "bf16" else "backend onnxruntime"
+    raise ModelError(f"model {card.name} at precision {precision} needs a backend that supports it and passes the "
+                     f"self-check, got none ({'; '.join(rejected)}); valid: {valid}")
+
+
+def _check_io(session: Any, card: ModelCard, name: str) -> None:
     inputs = session.get_inputs()
     outputs = session.get_outputs()
     in_names = [i.name for i in inputs]
