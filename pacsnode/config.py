@@ -192,10 +192,14 @@ class Destination:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """[models.NAME]: a deployable .onnx file ("builtin:NAME" for one shipped in the package)."""
+    """[models.NAME]: a deployable .onnx file ("builtin:NAME" for one shipped in the package), the
+    runtime that runs it (``auto``: the fastest installed one that passes the parity self-check on
+    load) and its precision (bf16 / int8 only where the model card records evidence for it)."""
 
     file: str
     threads: int = field(default=2, metadata=_positive())
+    backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,6 @@ class RetentionSettings:
     """[retention]: how long received instances and results are kept once a series has ended."""
 
     done_days: float = field(default=7.0, metadata=_non_negative())
-    backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
-    inputs: Mapping[str, InputSelector] = field(default_factory=dict)
     failed_days: float = field(default=30.0, metadata=_non_negative())
     ignored_hours: float = field(default=24.0, metadata=_non_negative())
     interval_minutes: float = field(default=60.0, metadata=_positive())
