@@ -35,6 +35,7 @@ __all__ = [
     "Route",
     "Destination",
     "ModelEntry",
+    "InputSelector",
     "SchedulerSettings",
     "DeliverySettings",
     "RetentionSettings",
@@ -191,15 +192,41 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class InputSelector:
+    """[models.NAME.inputs.CHANNEL]: this site's rule for finding one model input's series, used
+    in place of the card's SeriesDescription regex (a scanner's "AX T1 MPRAGE" maps without
+    re-exporting the model). Every criterion set must hold; ``modality`` empty keeps the card's.
+    Regular expressions are searched; listed values (ScanningSequence, SequenceVariant,
+    ImageType) must all be present; ``contrast`` asks for ContrastBolusAgent present or absent."""
+
+    modality: str = field(default="", metadata=_check(lambda v: v == "" or bool(re.fullmatch(r"[A-Z]{2,16}", v)),
+                                                      "empty (the card's) or a DICOM Modality code such as MR"))
+    series_description: str = field(default="", metadata=_check(_is_regex, "a valid regular expression"))
+    protocol_name: str = field(default="", metadata=_check(_is_regex, "a valid regular expression"))
+    sequence_name: str = field(default="", metadata=_check(_is_regex, "a valid regular expression"))
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    image_type: tuple[str, ...] = ()
+    contrast: Literal["any", "with", "without"] = "any"
+
+    def criteria(self) -> list[str]:
+        """The names of the criteria this selector sets (modality aside)."""
+        return [f.name for f in fields(self)
+                if f.name != "modality" and getattr(self, f.name) not in ("", (), "any")]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """[models.NAME]: a deployable .onnx file ("builtin:NAME" for one shipped in the package), the
     runtime that runs it (``auto``: the fastest installed one that passes the parity self-check on
-    load) and its precision (bf16 / int8 only where the model card records evidence for it)."""
+    load) and its precision (bf16 / int8 only where the model card records evidence for it); and
+    this site's selectors for its inputs (``inputs.CHANNEL``, see :class:`InputSelector`)."""
 
     file: str
     threads: int = field(default=2, metadata=_positive())
     backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    inputs: Mapping[str, InputSelector] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -442,6 +469,13 @@ def _cross_check(s: Settings) -> None:
                 raise ConfigError(
                     f"routes[{i}].destinations must name [destinations] entries, got {dest!r}; valid: {valid}"
                 )
+    for name, entry in s.models.items():
+        for channel, selector in entry.inputs.items():
+            if not selector.criteria():
+                raise ConfigError(
+                    f"models.{name}.inputs.{channel} must set at least one of series_description, "
+                    f"protocol_name, sequence_name, scanning_sequence, sequence_variant, image_type, "
+                    f"contrast, got none")
     tls = s.security.tls
     if tls.enabled:
         for name in ("cert", "key"):

@@ -40,6 +40,7 @@ from pacsnode.results import segment_volumes_ml
 from pacsnode.results.nifti import write_nifti
 from pacsnode.results.run_outputs import seg_for_run, sr_for_run
 from pacsnode.volume import Volume, read_series, scan_series, select_series
+from pacsnode.volume.select import input_selectors
 
 __all__ = ["Processor", "RunSummary", "RUN_SUMMARY", "result_uids"]
 
@@ -166,7 +167,8 @@ class Processor:
         if not files:
             raise InferenceError(f"unit {job.unit_uid} must have instances in the spool, got none")
         found = scan_series(files)
-        chosen = select_series(found, model.card.inputs)
+        entry = self.settings.models[job.model_name]
+        chosen = select_series(found, input_selectors(model.card.inputs, entry.inputs, model=job.model_name))
         volumes = [read_series(chosen[ch.name].files) for ch in model.card.inputs]
         return volumes, {name: info.series_instance_uid for name, info in chosen.items()}
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pacsnode.config import Route, RouteMatch
 from pacsnode.ledger import SeriesAttributes
 
-__all__ = ["matches", "match_route", "route_unit", "UnitRoute"]
+__all__ = ["matches", "mismatches", "match_route", "route_unit", "UnitRoute"]
 
 
 def _norm(v: str) -> str:
@@ -28,21 +28,29 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def matches(rule: RouteMatch, attrs: SeriesAttributes) -> bool:
-    """Does every non-empty criterion of ``rule`` hold for ``attrs``?"""
+def mismatches(rule: RouteMatch, attrs: SeriesAttributes) -> list[str]:
+    """Each criterion of ``rule`` that ``attrs`` fails, in words (empty: the series matches)."""
+    why = []
     if rule.modality and _norm(attrs.modality) not in {_norm(m) for m in rule.modality}:
-        return False
+        why.append(f"Modality {attrs.modality or '(none)'} is not one of {', '.join(rule.modality)}")
     if rule.body_part and _norm(attrs.body_part) not in {_norm(b) for b in rule.body_part}:
-        return False
+        why.append(f"BodyPartExamined {attrs.body_part or '(none)'} is not one of {', '.join(rule.body_part)}")
     if rule.series_description and not _regex(rule.series_description).search(attrs.series_description):
-        return False
+        why.append(f"SeriesDescription {attrs.series_description!r} does not match {rule.series_description!r}")
     if rule.image_type:
         have = {_norm(v) for v in attrs.image_type}
-        if not all(_norm(v) in have for v in rule.image_type):
-            return False
+        lacking = [v for v in rule.image_type if _norm(v) not in have]
+        if lacking:
+            shown = "\\".join(attrs.image_type) or "(none)"
+            why.append(f"ImageType {shown} lacks {', '.join(lacking)}")
     if rule.sop_class_uid and attrs.sop_class_uid.strip() not in {u.strip() for u in rule.sop_class_uid}:
-        return False
-    return True
+        why.append(f"SOPClassUID {attrs.sop_class_uid or '(none)'} is not one of {', '.join(rule.sop_class_uid)}")
+    return why
+
+
+def matches(rule: RouteMatch, attrs: SeriesAttributes) -> bool:
+    """Does every non-empty criterion of ``rule`` hold for ``attrs``?"""
+    return not mismatches(rule, attrs)
 
 
 def match_route(attrs: SeriesAttributes, routes: Sequence[Route]) -> Route | None:

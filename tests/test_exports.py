@@ -25,7 +25,7 @@ EXPORTS = {
                           "next_attempt_at", "send_datasets", "tls_context"},
     "pacsnode.processor": {"Processor", "RUN_SUMMARY", "RunSummary", "result_uids"},
     "pacsnode.dispatcher": {"DELIVERY_HANDLER", "PROBE_HANDLER", "Dispatcher"},
-    "pacsnode.routing": {"UnitRoute", "match_route", "matches", "route_unit"},
+    "pacsnode.routing": {"UnitRoute", "match_route", "matches", "mismatches", "route_unit"},
     "pacsnode.receive": {"Receiver", "StorageSCP", "Spool", "TRANSFER_SYNTAXES", "safe_component",
                          "storage_contexts"},
 }

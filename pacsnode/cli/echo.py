@@ -1,22 +1,22 @@
-"""`pacsnode echo HOST PORT`: C-ECHO a DICOM peer."""
+"""`pacsnode echo HOST PORT`: C-ECHO a DICOM peer (exit 0 when it answers Success, 1 otherwise)."""
 
 from __future__ import annotations
 
 import argparse
 import socket
 
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
-
+from pacsnode.cli.peer import check_ae_title, check_port, quiet_pynetdicom, resolve
+from pacsnode.config import Destination
 from pacsnode.errors import DeliveryError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("echo", help="verify a DICOM peer with C-ECHO")
+    p = sub.add_parser("echo", help="verify a DICOM peer with C-ECHO (exit 0 when it answers, 1 when not)")
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("--aet", default="PACSNODE-CLI", help="calling AE title (default PACSNODE-CLI)")
     p.add_argument("--aec", default="PACSNODE", help="called AE title (default PACSNODE)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each step (default 30)")
     p.set_defaults(func=_echo)
 
 
@@ -31,18 +31,17 @@ def set_nodelay(assoc: object) -> None:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    ae = AE(ae_title=args.aet)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec)
-    if not assoc.is_established:
-        raise DeliveryError(
-            f"association to {args.aec}@{args.host}:{args.port} must be accepted, got "
-            f"{'rejected' if assoc.is_rejected else 'aborted or no answer'}")
-    try:
-        status = assoc.send_c_echo()
-    finally:
-        assoc.release()
-    code = getattr(status, "Status", None)
-    print(f"C-ECHO {args.aec}@{args.host}:{args.port}: status 0x{code:04X}" if code is not None
-          else f"C-ECHO {args.aec}@{args.host}:{args.port}: no response")
-    return 0 if code == 0 else 1
+    from pacsnode.delivery.echo import echo_destination
+
+    quiet_pynetdicom(args.verbose)
+    check_ae_title(args.aet, "--aet")
+    check_ae_title(args.aec, "--aec")
+    check_port(args.port)
+    resolve(args.host, args.port)
+    peer = f"{args.aec}@{args.host}:{args.port}"
+    status = echo_destination(Destination(ae_title=args.aec, host=args.host, port=args.port), args.aet,
+                              timeout=args.timeout)
+    if status is None:
+        raise DeliveryError(f"C-ECHO to {peer} needs the Verification service, got an association without it")
+    print(f"C-ECHO {peer}: status 0x{status:04X}")
+    return 0 if status == 0 else 1

@@ -1,4 +1,7 @@
-"""`pacsnode send PATH... --to HOST:PORT`: bulk C-STORE of files and folders."""
+"""`pacsnode send PATH... --to HOST:PORT`: bulk C-STORE of files and folders.
+
+Exit 0 when every file was stored, 1 when a peer could not be reached or refused some, 2 for bad
+arguments (a path that does not exist, a malformed --to)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pynetdicom import AE, _config, build_context
 from tqdm import tqdm
 
 from pacsnode.cli.echo import set_nodelay
+from pacsnode.cli.peer import check_ae_title, no_association_reason, quiet_pynetdicom, resolve
 from pacsnode.errors import DeliveryError, PacsnodeError
 
 _MAX_CONTEXTS = 128
@@ -48,8 +52,12 @@ def _parse_to(value: str) -> tuple[str, int]:
 
 
 def _send(args: argparse.Namespace) -> int:
+    quiet_pynetdicom(args.verbose)
     host, port = _parse_to(args.to)
+    check_ae_title(args.aet, "--aet")
+    check_ae_title(args.aec, "--aec")
     files = _collect(args.paths)
+    resolve(host, port)
     items: list[tuple[Path, str, str]] = []
     statuses: Counter[str] = Counter()
     for f in files:
@@ -83,9 +91,8 @@ def _send_batch(args: argparse.Namespace, host: str, port: int, pairs: list[tupl
     ae.requested_contexts = [build_context(c, t) for c, t in pairs]
     assoc = ae.associate(host, port, ae_title=args.aec)
     if not assoc.is_established:
-        raise DeliveryError(
-            f"association to {args.aec}@{host}:{port} must be accepted, got "
-            f"{'rejected' if assoc.is_rejected else 'aborted or no answer'}")
+        raise DeliveryError(f"association to {args.aec}@{host}:{port} must be accepted, got none: "
+                            f"{no_association_reason(host, port, assoc.is_rejected)}")
     set_nodelay(assoc)
     try:
         for path, _, _ in batch:
