@@ -40,6 +40,7 @@ __all__ = [
     "DeliverySettings",
     "RetentionSettings",
     "MetricsSettings",
+    "AuditSettings",
     "load_settings",
     "parse_settings",
     "build_dataclass",
@@ -179,16 +180,26 @@ class Route:
 
 @dataclass(frozen=True)
 class Destination:
-    """[destinations.NAME]: a DICOM peer that receives results."""
+    """[destinations.NAME]: a peer that receives results, by C-STORE (``kind = "dimse"``:
+    ae_title, host, port) or by STOW-RS (``kind = "dicomweb"``: url, with basic auth from
+    ``username`` + ``password_file`` or a bearer token from ``token_file``; ``tls_ca`` verifies
+    an https server)."""
 
-    ae_title: str = field(metadata=_ae_title())
-    host: str
-    port: int = field(metadata=_port())
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str = field(default="", metadata=_check(lambda v: v == "" or bool(_AE_RE.match(v)) and v.strip() != "",
+                                                      "an AE title of 1 to 16 printable characters without a backslash"))
+    host: str = ""
+    port: int = field(default=0, metadata=_port(allow_zero=True))
     calling_ae_title: str = field(default="", metadata=_check(lambda v: v == "" or bool(_AE_RE.match(v)), "empty (use node.ae_title) or an AE title"))
     tls: bool = False
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    url: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith(("http://", "https://")),
+                                                 "an http:// or https:// URL (the DICOMweb service root)"))
+    username: str = ""
+    password_file: Path | None = None
+    token_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,28 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """[audit]: DICOM audit messages (PS3.15 A.5, IHE ATNA) to an audit repository over syslog
+    (``host`` set: RFC 5424 over ``transport`` udp, tls (RFC 5425) or tcp; queued on disk while
+    it cannot be reached), or to a local file (``host`` empty: ``file``, by default
+    ``<state_dir>/audit/audit.log``). ``patient_id``: the Patient ID in the messages as it is
+    ("plain") or as a pseudonym ("pseudonym": a keyed hash, the same for the same patient)."""
+
+    enabled: bool = True
+    host: str = ""
+    port: int = field(default=6514, metadata=_port())
+    transport: Literal["udp", "tls", "tcp"] = "tls"
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    file: Path | None = None
+    source_id: str = ""
+    site_id: str = ""
+    patient_id: Literal["plain", "pseudonym"] = "plain"
+    retry_seconds: float = field(default=5.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole of config.toml."""
 
@@ -290,6 +323,7 @@ class Settings:
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
+    audit: AuditSettings = AuditSettings()
     source: Path | None = None
 
     def model_file(self, name: str) -> str:
@@ -469,6 +503,20 @@ def _cross_check(s: Settings) -> None:
                 raise ConfigError(
                     f"routes[{i}].destinations must name [destinations] entries, got {dest!r}; valid: {valid}"
                 )
+    for name, d in s.destinations.items():
+        if d.kind == "dimse":
+            for key, ok in (("ae_title", d.ae_title), ("host", d.host), ("port", d.port)):
+                if not ok:
+                    raise ConfigError(f"destinations.{name}.{key} is required for a C-STORE (kind = \"dimse\") "
+                                      f"destination")
+        else:
+            if not d.url:
+                raise ConfigError(f"destinations.{name}.url is required for a STOW-RS (kind = \"dicomweb\") "
+                                  f"destination")
+            if d.password_file is not None and not d.username:
+                raise ConfigError(f"destinations.{name}.username is required with password_file")
+            if d.password_file is not None and d.token_file is not None:
+                raise ConfigError(f"destinations.{name} may have password_file or token_file, got both")
     for name, entry in s.models.items():
         for channel, selector in entry.inputs.items():
             if not selector.criteria():
@@ -476,6 +524,11 @@ def _cross_check(s: Settings) -> None:
                     f"models.{name}.inputs.{channel} must set at least one of series_description, "
                     f"protocol_name, sequence_name, scanning_sequence, sequence_variant, image_type, "
                     f"contrast, got none")
+    a = s.audit
+    if a.host and a.transport == "tls" and a.tls_ca is None:
+        raise ConfigError("audit.tls_ca is required when audit.transport is \"tls\" (the repository's CA)")
+    if (a.tls_cert is None) != (a.tls_key is None):
+        raise ConfigError("audit.tls_cert and audit.tls_key must be given together, got one of them")
     tls = s.security.tls
     if tls.enabled:
         for name in ("cert", "key"):

@@ -33,13 +33,12 @@ from pacsnode.config import Settings
 from pacsnode.delivery import (
     dead_letter_reason,
     down_reason,
-    echo_destination,
     held_reason,
     is_delivery_due,
     is_past_horizon,
     next_attempt_at,
-    send_datasets,
 )
+from pacsnode.delivery.send import probe_destination, send_results
 from pacsnode.errors import DeliveryError, LedgerError
 from pacsnode.ledger import DeliveryRow, DestinationRow, Ledger
 from pacsnode.scheduler import Scheduler
@@ -177,8 +176,8 @@ class Dispatcher:
         t0 = time.perf_counter()
         unreachable = False
         try:
-            outcomes = send_datasets(dest, [Path(r.dataset_path) for r in rows], calling,
-                                     timeout=self.settings.node.network_timeout)
+            outcomes = send_results(dest, [Path(r.dataset_path) for r in rows], calling,
+                                    timeout=self.settings.node.network_timeout)
             error = None
         except DeliveryError as exc:
             outcomes = list(getattr(exc, "outcomes", []) or [])
@@ -231,7 +230,7 @@ class Dispatcher:
             return
         timeout = max(5.0, min(self.settings.node.network_timeout, self.policy.probe_seconds))
         try:
-            echo_destination(dest, self.settings.node.ae_title, timeout=timeout)
+            probe_destination(dest, self.settings.node.ae_title, timeout=timeout)
             error = None
         except DeliveryError as exc:
             error = str(exc)
