@@ -40,6 +40,7 @@ __all__ = [
     "DeliverySettings",
     "RetentionSettings",
     "MetricsSettings",
+    "DicomwebSettings",
     "AuditSettings",
     "load_settings",
     "parse_settings",
@@ -280,6 +281,22 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class DicomwebSettings:
+    """[dicomweb]: the node's STOW-RS endpoint (port 0 turns it off). Callers must
+    authenticate: HTTP basic against ``users_file`` (``name:sha256-hex-of-password`` a line)
+    or a bearer token from ``tokens_file`` (one a line); TLS with ``tls_cert`` and ``tls_key``."""
+
+    bind_address: str = "127.0.0.1"
+    port: int = field(default=0, metadata=_port(allow_zero=True))
+    root: str = "/dicom-web"
+    users_file: Path | None = None
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_request_mb: float = field(default=2048.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """[metrics]: the HTTP status page and Prometheus metrics (port 0 turns it off)."""
 
@@ -323,6 +340,7 @@ class Settings:
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
+    dicomweb: DicomwebSettings = DicomwebSettings()
     audit: AuditSettings = AuditSettings()
     source: Path | None = None
 
@@ -503,6 +521,12 @@ def _cross_check(s: Settings) -> None:
                 raise ConfigError(
                     f"routes[{i}].destinations must name [destinations] entries, got {dest!r}; valid: {valid}"
                 )
+    web = s.dicomweb
+    if web.port and web.users_file is None and web.tokens_file is None:
+        raise ConfigError("dicomweb.users_file or dicomweb.tokens_file is required when dicomweb.port is set "
+                          "(STOW-RS takes authenticated callers only)")
+    if (web.tls_cert is None) != (web.tls_key is None):
+        raise ConfigError("dicomweb.tls_cert and dicomweb.tls_key go together, got one of them")
     for name, d in s.destinations.items():
         if d.kind == "dimse":
             for key, ok in (("ae_title", d.ae_title), ("host", d.host), ("port", d.port)):
