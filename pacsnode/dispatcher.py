@@ -77,6 +77,7 @@ class Dispatcher:
         self.observe = observe or (lambda _name, _seconds: None)
         self.count = count or (lambda _name, _n: None)
         self.clock = clock
+        self.on_sent: Callable[..., None] | None = None  # (destination, paths, stored, error): the audit
         self._lock = threading.Lock()
         self._probes_set: set[str] = set()  # probes (re)armed by this process with today's interval
 
@@ -184,6 +185,8 @@ class Dispatcher:
             error = str(exc)
             unreachable = bool(getattr(exc, "unreachable", False))
         self.observe("delivery", time.perf_counter() - t0)
+        if self.on_sent is not None:
+            self.on_sent(destination, [Path(r.dataset_path) for r in rows], [o.stored for o in outcomes], error)
         now = self.clock()
         if unreachable:
             row, changed = self.ledger.mark_destination(destination, DestinationState.DOWN, error=error, now=now)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pydicom
 
+from pacsnode.audit import AuditTrail
 from pacsnode.config import Settings
 from pacsnode.dispatcher import DELIVERY_HANDLER, PROBE_HANDLER, Dispatcher
 from pacsnode.errors import LedgerError, ModelError
@@ -111,6 +112,10 @@ class Node:
             fast_data_phase=settings.node.fast_data_phase,
         )
         self.scp = StorageSCP(settings, self.receiver)
+        self.audit = AuditTrail(settings)  # ATNA: [audit]; never raises into the node
+        self.receiver.audit = self.audit
+        self.scp.gate.on_tls_failure = self.audit.tls_failure
+        self.dispatcher.on_sent = self.audit.results_sent
         self.status_server: StatusServer | None = None
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -132,6 +137,7 @@ class Node:
         self.resume()
         self.scheduler.every("retention", self.settings.retention.interval_minutes * 60, RETENTION_HANDLER)
         self.scheduler.every("upkeep", UPKEEP_SECONDS, UPKEEP_HANDLER)
+        self.audit.start()
         self.scp.start()
         m = self.settings.metrics
         if m.port:
@@ -163,6 +169,7 @@ class Node:
         for name in (STABLE_HANDLER, JOB_HANDLER, RETENTION_HANDLER, UPKEEP_HANDLER, DELIVERY_HANDLER,
                      PROBE_HANDLER):
             unregister_handler(name)
+        self.audit.stop()
         self.ledger.close()
         LOG.info("stopped")
 

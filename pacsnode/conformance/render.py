@@ -168,9 +168,12 @@ def render(facts: Facts, config_name: str = "config.toml") -> str:
               "port when `security.tls.enabled` (no separate TLS port).", "",
               "### 2.4 Configuration", "",
               f"All parameters are in `{config_name}` (checked with `pacsnode config check`). Remote AEs:", ""]
-    lines += _table(["destination", "AE title", "host", "port", "TLS", "calling AE title"], [
-        [name, d.ae_title, d.host, str(d.port), _value(d.tls), d.calling_ae_title or node.ae_title]
+    lines += _table(["destination", "kind", "AE title", "host or URL", "port", "TLS", "calling AE title"], [
+        [name, getattr(d, "kind", "dimse"), d.ae_title or "-", d.host or getattr(d, "url", ""), str(d.port or "-"),
+         _value(d.tls), d.calling_ae_title or node.ae_title]
         for name, d in s.destinations.items()])
+    lines += ["A destination of kind `dicomweb` receives the results by STOW-RS (HTTP), outside this",
+              "statement's DIMSE scope.", ""]
     lines += ["Network parameters (value in this configuration, and the default):", ""]
     rows = _settings_rows("node", node) + _settings_rows("security", sec) + _settings_rows("security.tls", sec.tls)
     if audit is not None:

@@ -175,6 +175,7 @@ class Gate:
         self._by_address: Counter[str] = Counter()
         self._by_pool: Counter[bool] = Counter()
         self._requests: dict[int, bytes] = {}
+        self.on_tls_failure: Callable[[str, str], None] | None = None  # (address, reason): the audit
 
     # --- caps (accept thread) -------------------------------------------------------------------
 
@@ -243,6 +244,8 @@ class Gate:
             return False
         except (OSError, ssl.SSLError, ConnectionError) as exc:
             LOG.info("connection from %s ended before associating: %s", address, exc)
+            if isinstance(exc, ssl.SSLError) and self.on_tls_failure is not None:
+                self.on_tls_failure(address, str(exc))
             _close(sock)
             return False
         sock.settimeout(timeout)

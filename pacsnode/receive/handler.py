@@ -75,6 +75,7 @@ class Receiver:
         self.metrics = metrics or Metrics()
         self.fast_data_phase = fast_data_phase
         self.take_request: Callable[[object], bytes | None] | None = None  # set by the gate's owner
+        self.audit: Any = None  # the node's pacsnode.audit.AuditTrail (association and instance events)
         self._assoc_counts: dict[int, list[int]] = {}
         self._lock = threading.Lock()
         self._space_logged = 0.0
@@ -114,6 +115,8 @@ class Receiver:
         with self._lock:
             self._assoc_counts[id(event.assoc)] = [0, 0, 0]
         self.metrics.inc("associations_accepted_total")
+        if self.audit is not None:
+            self.audit.association_accepted(event.assoc)
 
     def handle_rejected(self, event: Any) -> None:
         self.metrics.inc("associations_rejected_total")
@@ -122,10 +125,14 @@ class Receiver:
         called = getattr(getattr(rq, "primitive", None), "called_ae_title", None) or event.assoc.acceptor.ae_title
         AUDIT.warning("association rejected: calling AE %r called AE %r from %s:%s",
                       rq.ae_title, str(called).strip(), rq.address, rq.port)
+        if self.audit is not None:
+            self.audit.association_rejected(event.assoc, _rejection(event.assoc, str(called).strip()))
 
     def handle_ended(self, event: Any) -> None:
         with self._lock:
             stored, dup, failed = self._assoc_counts.pop(id(event.assoc), [0, 0, 0])
+        if self.audit is not None:
+            self.audit.association_ended(event.assoc)
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
         rq = event.assoc.requestor
         AUDIT.info("association %s: calling AE %r from %s:%s, %d stored, %d duplicate, %d failed",
@@ -246,11 +253,20 @@ class Receiver:
             self.metrics.inc("instances_received_total")
             self.metrics.inc("bytes_received_total", size)
             self._count(assoc, 0)
+            if self.audit is not None:
+                self.audit.instance_stored(assoc, header, path)
         else:
             self.metrics.inc("instances_duplicate_total")
             self._count(assoc, 1)
         self.on_recorded(outcome)
         return STATUS_SUCCESS
+
+
+def _rejection(assoc: Any, called: str) -> str:
+    """Why an association was rejected, from its A-ASSOCIATE-RJ (for the audit message)."""
+    rj = getattr(assoc.acceptor, "primitive", None)
+    why = getattr(rj, "reason_str", "") or "rejected"
+    return f"association rejected ({why}): calling AE {_caller(assoc)!r}, called AE {called!r}"
 
 
 def _caller(assoc: Any) -> str:
