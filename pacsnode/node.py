@@ -31,7 +31,9 @@ from pacsnode.inference.model import resolve_model_path
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
 from pacsnode.ops import (
     Metrics,
+    NodeFacts,
     StatusServer,
+    count_job_failures,
     retention_sweep,
     sd_notify,
     status_snapshot,
@@ -90,6 +92,7 @@ class Node:
         state_dir = Path(settings.node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
+        self.facts = NodeFacts.from_settings(settings)
         self.spool = Spool(state_dir, fsync=settings.node.fsync, journal=settings.node.spool_journal,
                            min_free_mb=settings.node.min_free_disk_mb, on_restored=self._files_restored)
         self.ledger = Ledger(state_dir / "ledger.sqlite")
@@ -100,7 +103,8 @@ class Node:
             settings, self.ledger, observe=self.metrics.observe,
             on_outputs=lambda job, ids: self.dispatcher.submit_rows([self.ledger.delivery(i) for i in ids]),
         )
-        self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler, work or self.processor)
+        self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler,
+                                count_job_failures(work or self.processor, self.metrics))
         self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete,
                                          not_ready=self._files_missing)
         self.receiver = Receiver(
@@ -142,7 +146,7 @@ class Node:
         m = self.settings.metrics
         if m.port:
             self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy,
-                                              destinations=tuple(self.settings.destinations))
+                                              destinations=tuple(self.settings.destinations), facts=self.facts)
             self.status_server.start()
         self._started = True
         sd_notify("READY=1\nSTATUS=receiving")
@@ -316,7 +320,7 @@ class Node:
         retention_sweep(self.ledger, self.spool, self.settings.retention)
 
     def status(self) -> dict[str, Any]:
-        return status_snapshot(self.ledger, self.settings.destinations)
+        return status_snapshot(self.ledger, self.settings.destinations, facts=self.facts)
 
     def degraded_reasons(self) -> list[str]:
         """Why the node is degraded, one line each (empty when it is not): a destination down

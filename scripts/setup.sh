@@ -11,7 +11,7 @@ need_apt=()
 # rsyslog with its TLS driver: the audit repository of the ATNA tests (tests/syslog_receiver.py)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need_apt+=(rsyslog-gnutls)
 for tool in /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/dcm2niix \
-    /usr/share/orthanc/plugins/libOrthancDicomWeb.so; do
+    /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/promtool; do
   [ -e "$tool" ] || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,6 +21,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
     dcmtk orthanc orthanc-dicomweb dicom3tools dcm2niix rsyslog rsyslog-gnutls >/dev/null
+  # the status page's tests drive a real headless chromium; promtool (in prometheus) lints /metrics
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    chromium prometheus >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl stop prometheus || true
+  fi
   # Orthanc's Debian package starts a system service on 4242/8042; the demo and the tests
   # start their own instances on free ports, so the packaged one is not needed.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then

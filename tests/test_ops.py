@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from pacsnode.config import RetentionSettings
@@ -31,7 +33,7 @@ def test_status_page_metrics_healthz_and_systemd_notify(tmp_path: Path) -> None:
     notify.settimeout(60)
     port, http_port = free_port(), free_port()
     config = write_node_config(tmp_path / "node.toml", state_dir=tmp_path / "state", port=port,
-                               model_file="builtin:none", destination=None, metrics_port=http_port)
+                               model_file="builtin:brain-tumor", destination=None, metrics_port=http_port)
     node = NodeProcess(config, port, extra_env={"NOTIFY_SOCKET": str(notify_path)})
     try:
         with node:
@@ -45,11 +47,14 @@ def test_status_page_metrics_healthz_and_systemd_notify(tmp_path: Path) -> None:
             code, ctype, body = _get(base + "/healthz")
             assert (code, body) == (200, "ok\n")
             assert _get(base + "/readyz")[::2] == (200, "ready\n")  # nothing failed, no destination down
-            wait_for(lambda: "ignored" in _get(base + "/status")[2], 30, "the unit to be recorded")
+            wait_for(lambda: json.loads(_get(base + "/status")[2])["units"]["ignored"] == 1, 30,
+                     "the unit to be recorded")
             code, ctype, page = _get(base + "/")
             assert code == 200 and ctype.startswith("text/html")
             assert "pacsnode" in page and "healthy" in page and "no route matches" in page
-            assert "PHANTOM" not in page, "no patient names on the status page"
+            patient = pydicom.dcmread(files[0])
+            assert str(patient.PatientName) not in page and patient.PatientID not in page, "no patient data"
+            assert patient.StudyDescription in page and "CT tiny" in page, "study and series descriptions"
             code, ctype, metrics = _get(base + "/metrics")
             assert "pacsnode_instances_received_total 3" in metrics
             assert 'pacsnode_units{state="ignored"} 1' in metrics
