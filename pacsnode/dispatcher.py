@@ -51,6 +51,8 @@ LOG = logging.getLogger(__name__)
 DELIVERY_HANDLER = "deliver"
 PROBE_HANDLER = "probe"
 DEAD_LETTERED = "deliveries_dead_lettered_total"
+UNREACHABLE = "delivery_attempts_unreachable_total"
+REFUSED = "delivery_attempts_refused_total"
 _DUE_SLACK = 0.5  # a timer may fire a little before the stored time of the next attempt
 
 
@@ -64,7 +66,8 @@ def probe_timer_id(destination: str) -> str:
 
 class Dispatcher:
     """Sends pending deliveries; ``deliver(job_id, destination)`` and ``probe(destination)``
-    are its persisted jobs. ``count(name, n)`` counts dead letters (the node's metrics)."""
+    are its persisted jobs. ``count(name, n)`` counts dead letters and results not stored by an
+    attempt, unreachable or refused (the node's metrics)."""
 
     def __init__(self, settings: Settings, ledger: Ledger, scheduler: Scheduler, *,
                  observe: Callable[[str, float], None] | None = None,
@@ -185,6 +188,9 @@ class Dispatcher:
             error = str(exc)
             unreachable = bool(getattr(exc, "unreachable", False))
         self.observe("delivery", time.perf_counter() - t0)
+        not_stored = sum(1 for i in range(len(rows)) if not (i < len(outcomes) and outcomes[i].stored))
+        if not_stored:  # the node's failures_total{stage="delivery", cause="unreachable" | "refused"}
+            self.count(UNREACHABLE if unreachable else REFUSED, not_stored)
         if self.on_sent is not None:
             self.on_sent(destination, [Path(r.dataset_path) for r in rows], [o.stored for o in outcomes], error)
         now = self.clock()

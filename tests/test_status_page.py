@@ -212,3 +212,25 @@ def test_the_page_renders_for_a_fresh_node_with_nothing_failed(tmp_path: Path) -
     finally:
         srv.stop()
         ledger.close()
+
+
+def test_the_failed_nodes_metrics_count_each_failure_by_stage_and_cause(failed_node: dict, server: tuple) -> None:
+    base, _live, _ledger = server
+    code, text = _get(base + "/metrics")
+    assert code == 200
+
+    def sample(name: str) -> str:
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+        return line[len(name) + 1:]
+
+    assert sample('pacsnode_failures_total{cause="volume",stage="job"}') == "1", "the one-slice series"
+    assert sample('pacsnode_failures_total{cause="unreachable",stage="delivery"}') == "1", "one C-STORE attempt"
+    assert sample('pacsnode_failures_total{cause="dead_lettered",stage="delivery"}') == "1"
+    assert sample('pacsnode_failures_total{cause="refused",stage="delivery"}') == "0"
+    assert sample('pacsnode_instances_received_total') == "7"  # 6 + 1 slices
+    assert sample('pacsnode_stage_seconds_count{stage="receive"}') == "7"
+    assert sample('pacsnode_stage_seconds_count{stage="inference"}') == "1"
+    assert sample('pacsnode_destination_up{destination="pacs"}') == "0"
+    assert sample("pacsnode_degraded") == "1"
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
