@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 from pacsnode.config import RetentionSettings
 from pacsnode.demo.scenario import NodeProcess, free_port, wait_for, write_node_config
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
-from pacsnode.ops import retention_sweep
+from pacsnode.ops import NodeFacts, readiness, retention_sweep, status_snapshot
 from pacsnode.receive.spool import Spool
 from pacsnode.states import SeriesState
 
@@ -100,3 +101,19 @@ def test_retention_removes_old_finished_units_and_keeps_recent_ones(tmp_path: Pa
         assert retention_sweep(ledger, spool, settings, now=now + 3 * 3600) == 0, "purged once"
     finally:
         ledger.close()
+
+
+def test_free_disk_below_the_mark_makes_the_node_degraded(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        low = status_snapshot(ledger, facts=NodeFacts(state_dir=tmp_path, min_free_disk_mb=10**9))
+        fine = status_snapshot(ledger, facts=NodeFacts(state_dir=tmp_path, min_free_disk_mb=1))
+    finally:
+        ledger.close()
+    assert low["state"] == "degraded" and len(low["reasons"]) == 1
+    assert re.fullmatch(rf"free disk \d+(\.\d)? (GiB|MiB) on {re.escape(str(tmp_path))} is below "
+                        r"node\.min_free_disk_mb = 1000000000: new instances are refused \(A700\) until space "
+                        r"is freed", low["reasons"][0]), low["reasons"][0]
+    assert readiness(True, low["reasons"]) == (503, f"degraded\n{low['reasons'][0]}\n")
+    assert (fine["state"], fine["reasons"]) == ("ok", [])
+    assert fine["disk"]["free_bytes"] > 0 and fine["disk"]["min_free_bytes"] == 2**20

@@ -28,6 +28,7 @@ code { font: 12px ui-monospace, monospace; background: #f6f8fa; padding: 1px 4px
 .ok { color: #1a7f37; } .bad { color: #cf222e; } .warn { color: #9a6700; }
 .failed, .down { background: #ffebe9; } .done, .sent, .up { background: #dafbe1; }
 #refresh { color: #666; }
+.uid { white-space: nowrap; }
 """
 
 _SCRIPT = """
