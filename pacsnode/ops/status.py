@@ -78,7 +78,7 @@ def model_info(file: str) -> dict[str, Any]:
     with _MODELS_LOCK:
         if key not in _MODELS:
             try:
-                m = Model.load(path, threads=1)
+                m = Model.load(path, threads=1, backend="onnxruntime")  # the card only: no backend choice
                 _MODELS[key] = {"name": m.card.name, "version": m.card.version, "sha256": m.sha256}
             except ModelError as exc:
                 _MODELS[key] = {"error": str(exc)}
