@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from air_check import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - IHE AIR check of every SEG/SR written
 
 REPO = Path(__file__).resolve().parents[1]
 DCMTK_BIN = Path("/usr/bin")

@@ -3,7 +3,9 @@
 One Volumetric ROI measurement group per SEG segment (empty ones too, with 0 mL): a
 Referenced Segment content item pointing at the SEG instance and segment number, the
 finding (the segment's SNOMED CT category and type), the algorithm, and its volume in
-UCUM "ml". The observer is the device (the model), never a person.
+UCUM "ml". The observer is the device (the model, one Device Observer UID per model file),
+never a person; classic source images are listed in the Image Library. docs/air.md lists the IHE
+AI Results (AIR) requirements this content meets.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
 import pacsnode
 from pacsnode.errors import ResultsError
@@ -113,7 +116,8 @@ def write_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid or hd.UID(),
+            # stable per model file: the same algorithm is the same device in every report (AIR)
+            uid=device_uid or generate_uid(entropy_srcs=["pacsnode device observer", model_sha256]),
             name=f"{rc.name} {rc.version}"[:64],
             manufacturer_name=manufacturer,
             model_name=rc.name[:64],
@@ -124,6 +128,9 @@ def write_sr(
         procedure_reported=_PROCEDURES.get(str(sources[0].get("Modality", "")), _IMAGING_PROCEDURE),
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
+        # the Image Library (TID 1600) lists the source images, for viewers (AIR); highdicom describes
+        # classic single-frame images only, so an Enhanced multi-frame source gets none
+        referenced_images=sources if all("PixelSpacing" in d for d in sources) else None,
     )
     try:
         sr = hd.sr.Comprehensive3DSR(
