@@ -288,3 +288,23 @@ def test_tls_failure_is_a_security_alert_in_the_local_file(tmp_path: Path) -> No
     assert summary(alert) == ("110113", "E", "4", "110126")
     assert alert.find("EventIdentification/EventOutcomeDescription").text.startswith("TLS handshake failed: ")
     assert alert.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "-@127.0.0.1"
+
+
+def test_a_site_that_allows_no_patient_id_gets_a_stable_pseudonym(tmp_path: Path) -> None:
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    ds = dcmread(ct)
+    trail = AuditTrail(_settings(tmp_path, patient_id="pseudonym"))
+    trail.start()
+    for _ in range(2):  # two associations of the same patient
+        assoc = _assoc("STORESCU")
+        trail.association_accepted(assoc)
+        trail.instance_stored(assoc, SimpleNamespace(study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID),
+                              ct)
+        trail.association_ended(assoc)
+    trail.stop()
+    log = (tmp_path / "state" / "audit" / "audit.log").read_bytes()
+    msgs = [parse(x) for x in log.splitlines()]
+    ids = [o.get("ParticipantObjectID") for m in msgs for o in m.findall("ParticipantObjectIdentification")
+           if o.get("ParticipantObjectTypeCodeRole") == "1"]
+    assert len(ids) == 2 and ids[0] == ids[1] and re.fullmatch(r"PSEUDO-[0-9a-f]{24}", ids[0]), ids
+    assert str(ds.PatientID).encode() not in log and str(ds.PatientName).encode() not in log
