@@ -103,6 +103,18 @@ class Processor:
                 self._models[name] = cached
             return cached
 
+    def warm_up(self) -> None:
+        """Load every configured model (backend choice and self-check) and highdicom's standard
+        tables, so the first job does not pay for them; a model that fails here fails its jobs later."""
+        from pacsnode.results.iod_cache import warm_up as warm_results
+
+        warm_results()
+        for name in self.settings.models:
+            try:
+                self.model(name)
+            except Exception as exc:  # the job that needs the model records the reason
+                LOG.warning("model %s not loaded ahead of its first job: %s", name, exc)
+
     # --- one job ------------------------------------------------------------------------------
 
     def __call__(self, job: JobRow) -> list[str]:

@@ -87,7 +87,10 @@ def test_int8_keeps_card_and_runs(tmp_path: Path) -> None:
     windows = [rng.standard_normal((4, 32, 32, 32), dtype=np.float32) for _ in range(2)]
     report = quantize_int8(tmp_path / "s.onnx", tmp_path / "s8.onnx", windows, min_channels=16)
     assert report.quantized_nodes and report.excluded_nodes
-    model = Model.load(tmp_path / "s8.onnx")
+    with pytest.raises(ModelError, match=r"s8.onnx: model brain-tumor-student is an int8 \(quantized\) file, so it "
+                                         r"must run at precision int8, got fp32"):
+        Model.load(tmp_path / "s8.onnx")  # the node runs an int8 file only at int8, with the card's evidence
+    model = Model.load(tmp_path / "s8.onnx", precision="int8", measuring_evidence=True)
     assert model.card.provenance["quantization"]["quantized_convs"] == len(report.quantized_nodes)
     assert model.predict(windows[0][None]).shape == (1, 4, 32, 32, 32)
     cmp = int8_report(tmp_path / "s.onnx", tmp_path / "s8.onnx", windows[:1])

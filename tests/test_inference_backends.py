@@ -243,7 +243,8 @@ def test_infer_cli_prints_the_runtime_and_refuses_unvalidated_precision(tmp_path
     out = capsys.readouterr().out
     assert rc == 0 and "  runtime        openvino fp32 (self-check: argmax agreement" in out
     assert "  precisions     fp32 allowed (no reduced precision validated)" in out
-    path2 = _conv_file(tmp_path, validated_precisions=[EVIDENCE])
+    (tmp_path / "b").mkdir()
+    path2 = _conv_file(tmp_path / "b", validated_precisions=[EVIDENCE])
     main(["model", "info", str(path2)])
     out = capsys.readouterr().out
     assert ("    bf16  on openvino: Dice change -0.0004 mean, -0.0011 worst label, voxel agreement with fp32 "

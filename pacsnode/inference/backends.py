@@ -183,7 +183,10 @@ def open_openvino(path: Path, threads: int, precision: str, window: Sequence[int
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model file must be readable by OpenVINO, got {path.name}: {first}") from None
-    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+    # no pinning: the node's own threads (receive, SEG writing) share these cores, and a pinned
+    # thread waiting for a busy core stalls every layer (measured: 32³ window 57 ms pinned vs 33 ms
+    # unpinned with two other processes busy on the 2 cores)
+    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     runtime = OpenVinoRuntime(model=model, precision=precision, threads=int(threads), config=config)
     try:

@@ -92,8 +92,13 @@ class Model:
         return self.runtime.precision
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 2, *, backend: str = "auto", precision: str = "fp32") -> Model:
-        """Open ``path`` (or ``builtin:NAME``), validate its card, I/O shapes and precision, pick the backend."""
+    def load(cls, path: str | Path, threads: int = 2, *, backend: str = "auto", precision: str = "fp32",
+             measuring_evidence: bool = False) -> Model:
+        """Open ``path`` (or ``builtin:NAME``), validate its card, I/O shapes and precision, pick the backend.
+
+        ``measuring_evidence=True`` skips the card's precision rule, for the tool that measures the
+        evidence (``python -m distillation.export.precision``); the node never sets it.
+        """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ModelError(f"threads must be a positive integer, got {threads}")
         if backend not in BACKENDS:
@@ -114,7 +119,11 @@ class Model:
             raise ModelError(f"{file.name}: {exc}") from None
         _check_io(reference.session, card, file.name)
         try:
-            card.check_precision(precision)
+            if not measuring_evidence:
+                card.check_precision(precision)
+            elif precision == "int8" and not card.quantized:
+                raise ModelError(f"precision int8 needs an int8 model file (distill export --int8), got the float "
+                                 f"model {card.name}")
         except ModelError as exc:
             raise ModelError(f"{file.name}: {exc}") from None
         t0 = time.perf_counter()

@@ -7,8 +7,9 @@ with ``resample_data_or_seg_to_shape``: third-order spline for images, order 1 o
 one-hot for segmentations, and for anisotropic data (max/min spacing > 3) in-plane
 resampling slice by slice plus order 0 along the low-resolution axis.
 
-Differences from nnU-Net, on purpose: everything stays float32 (nnU-Net resamples in
-float64), and the spline prefilter runs in float32. Values agree to ~1e-5.
+Differences from nnU-Net, on purpose: the data stay float32 (nnU-Net resamples in float64);
+the resampling itself (:mod:`pacsnode.inference.resampling`) applies the same spline as one
+float64-built matrix per axis. Values agree to ~1e-5.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from pacsnode.errors import InferenceError, VolumeError
+from pacsnode.inference.resampling import linear_resize, resample_image
 
 __all__ = [
     "ANISO_THRESHOLD",
@@ -35,6 +37,7 @@ __all__ = [
     "determine_separate_z",
     "resample_data_or_seg_to_shape",
     "resample_image",
+    "linear_resize",
     "revert_to_source",
     "plan_from_card",
 ]
@@ -203,93 +206,6 @@ def determine_separate_z(current_spacing: Sequence[float], new_spacing: Sequence
     else:
         return None
     return axis[0] if len(axis) == 1 else None
-
-
-_NPAD = 12  # as scipy.ndimage.zoom pads before the spline prefilter in mode "nearest"
-
-
-def _linear_weights(n_in: int, n_out: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    coord = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    coord = np.clip(coord, 0, n_in - 1)  # mode "nearest"
-    i0 = np.floor(coord).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (coord - i0).astype(np.float32)
-
-
-def linear_resize(img: np.ndarray, shape: Sequence[int], out: np.ndarray, start: int = 0) -> None:
-    """Order-1 grid-aligned resize (``ndimage.zoom(order=1, mode='nearest', grid_mode=True)``),
-    separable along each axis; ``out`` may hold rows ``start:start+len(out)`` of axis 0 only."""
-    cur = img
-    for axis in range(img.ndim):
-        n_in, n_out = img.shape[axis], int(shape[axis])
-        first, count = (start, out.shape[0]) if axis == 0 else (0, n_out)
-        if n_in == n_out and axis != 0:
-            continue
-        if n_in == n_out:
-            cur = cur[first:first + count]
-            continue
-        i0, i1, w = _linear_weights(n_in, n_out, first, count)
-        bshape = [1] * img.ndim
-        bshape[axis] = count
-        w = w.reshape(bshape)
-        a = np.take(cur, i0, axis=axis)
-        b = np.take(cur, i1, axis=axis)
-        b -= a
-        b *= w
-        a += b
-        cur = a
-    out[...] = cur
-
-
-def _zoom(img: np.ndarray, shape: Sequence[int], order: int, out: np.ndarray) -> None:
-    """skimage ``resize(mode='edge', anti_aliasing=False, clip=True)``, i.e. ``ndimage.zoom(grid_mode=True,
-    mode='nearest')`` plus clipping, computed in float32 (scipy prefilters in float64)."""
-    if tuple(img.shape) == tuple(shape):
-        out[...] = img
-        return
-    if order == 1:
-        linear_resize(img, shape, out)
-        return
-    scale = np.array([o / n for n, o in zip(shape, img.shape, strict=True)], dtype=np.float64)
-    offset = 0.5 * scale - 0.5
-    src = img
-    if order > 1:
-        src = np.pad(np.asarray(img, dtype=np.float32), _NPAD, mode="edge")
-        ndimage.spline_filter(src, order=order, output=src, mode="nearest")
-        offset = offset + _NPAD
-    ndimage.affine_transform(src, scale, offset=offset, output_shape=tuple(shape), output=out, order=order,
-                             mode="nearest", prefilter=False)
-    if order > 1:  # skimage clips to the input range
-        np.clip(out, img.min(), img.max(), out=out)
-
-
-def resample_image(img: np.ndarray, new_shape: Sequence[int], *, axis: int | None, order: int = 3,
-                   order_z: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """Resample one 3-D image (float32), nnU-Net style, with optional separate low-res axis."""
-    new_shape = tuple(int(s) for s in new_shape)
-    if out is None:
-        out = np.empty(new_shape, dtype=np.float32)
-    if tuple(img.shape) == new_shape:
-        out[...] = img
-        return out
-    if axis is None:
-        _zoom(img, new_shape, order, out)
-        return out
-    mid_shape = list(new_shape)
-    mid_shape[axis] = img.shape[axis]
-    mid = np.empty(mid_shape, dtype=np.float32)
-    plane_shape = [s for a, s in enumerate(new_shape) if a != axis]
-    for s in range(img.shape[axis]):
-        idx = [slice(None)] * 3
-        idx[axis] = s
-        _zoom(img[tuple(idx)], plane_shape, order, mid[tuple(idx)])
-    if img.shape[axis] != new_shape[axis]:
-        zoom = [1.0, 1.0, 1.0]
-        zoom[axis] = new_shape[axis] / img.shape[axis]
-        ndimage.zoom(mid, zoom, output=out, order=order_z, mode="nearest", grid_mode=True, prefilter=False)
-    else:
-        out[...] = mid
-    return out
 
 
 def _resample_seg(seg: np.ndarray, new_shape: Sequence[int], *, axis: int | None, order: int,
