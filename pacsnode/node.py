@@ -105,6 +105,7 @@ class Node:
         )
         self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler,
                                 count_job_failures(work or self.processor, self.metrics))
+        self._warm_models = work is None  # the real processing loads its models at start, off the job path
         self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete,
                                          not_ready=self._files_missing)
         self.receiver = Receiver(
@@ -137,6 +138,8 @@ class Node:
         register_handler(UPKEEP_HANDLER, self.upkeep)
         self.spool.open()
         self.reindex()
+        if self._warm_models:
+            threading.Thread(target=self.processor.warm_up, name="warm-up", daemon=True).start()
         self.scheduler.start()
         self.resume()
         self.scheduler.every("retention", self.settings.retention.interval_minutes * 60, RETENTION_HANDLER)
