@@ -32,6 +32,7 @@ import pacsnode
 from pacsnode.errors import ResultsError
 from pacsnode.results.card import CardLabel, CodeValue, ResultCard, result_card
 from pacsnode.results.iod_cache import install as _memoise_iod_lookups
+from pacsnode.results.viewer_support import without_background_segment
 
 _memoise_iod_lookups()  # highdicom's per-source-image IOD look-ups: ~1.5 s of a 4-series brain SEG + SR
 
@@ -251,6 +252,8 @@ def write_seg(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ResultsError(f"the SEG could not be built from the model output: {exc}") from exc
+    if kind is SegType.LABELMAP:  # no "Background" item: OHIF colours segment i by item i
+        without_background_segment(seg)
     log.info(
         "SEG %s: %s %d segments, %d frames, series %s",
         seg.SOPInstanceUID, kind.value, len(descriptions), int(seg.NumberOfFrames), seg.SeriesInstanceUID,
