@@ -162,3 +162,24 @@ def test_scu_table_is_what_the_outbox_proposes() -> None:
     proposed = {(str(cx.abstract_syntax), str(ts)) for cx in _contexts(datasets) for ts in cx.transfer_syntax}
     assert proposed == {p for p in listed if p[0] != "1.2.840.10008.1.1"}
     assert {ts for sop, ts in listed if sop == "1.2.840.10008.1.1"} == {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}
+
+
+@pytest.mark.network
+def test_the_node_picks_the_first_syntax_of_its_own_order(tmp_path: Path) -> None:
+    from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
+    from pynetdicom import AE, build_context
+
+    text = DOC.read_text()
+    assert "the first transfer syntax of its set, in the order listed above, that" in text
+    node = ReceiveNode(tmp_path, fast=True)
+    try:
+        ae = AE(ae_title="SCU")
+        ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.2",
+                                               [JPEG2000Lossless, ImplicitVRLittleEndian, ExplicitVRLittleEndian])]
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PACSNODE")
+        assert assoc.is_established
+        (cx,) = assoc.accepted_contexts
+        assoc.release()
+    finally:
+        node.close()
+    assert cx.transfer_syntax[0] == ExplicitVRLittleEndian  # first of set A1, not the caller's first

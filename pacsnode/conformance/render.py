@@ -150,8 +150,10 @@ def render(facts: Facts, config_name: str = "config.toml") -> str:
          "rejected-transient, service provider (presentation), local limit exceeded"],
     ])
     lines += ["A malformed A-ASSOCIATE-RQ is answered by A-ABORT and the connection closed. Each presentation",
-              "context is accepted with the first transfer syntax of the proposal that is in its set above;",
-              "any other is rejected (transfer syntaxes not supported / abstract syntax not supported).", "",
+              "context is accepted with the first transfer syntax of its set, in the order listed above, that",
+              "the proposal contains (the node's preference, not the caller's); a context whose proposal holds",
+              "none of them is rejected (transfer syntaxes not supported), one with an unlisted SOP class too",
+              "(abstract syntax not supported).", "",
               "#### 2.2.5 SOP specific conformance: Storage SCP", "",
               "Storage level 2 (full): the data set is stored exactly as received, never coerced;",
               "element values are not changed and pixel data are not decompressed. Success is answered",
