@@ -28,6 +28,9 @@ EXPORTS = {
     "pacsnode.routing": {"UnitRoute", "match_route", "matches", "mismatches", "route_unit"},
     "pacsnode.receive": {"Receiver", "StorageSCP", "Spool", "TRANSFER_SYNTAXES", "safe_component",
                          "storage_contexts"},
+    "pacsnode.ops": {"Metrics", "NodeFacts", "StatusServer", "count_job_failures", "degraded_reasons", "readiness",
+                     "retention_sweep", "sd_notify", "status_families", "status_page", "status_snapshot",
+                     "watchdog_interval"},
 }
 
 
