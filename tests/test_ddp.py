@@ -59,7 +59,8 @@ def test_two_gloo_ranks_keep_identical_weights(tmp_path) -> None:
     preset = tmp_path / "ddp.toml"
     preset.write_text(PRESET)
     out = tmp_path / "out"
-    proc = _torchrun("train-teacher", "--config", str(preset), "--dataset", str(raw), "--out", str(out))
+    proc = _torchrun("train-teacher", "--config", str(preset), "--dataset", str(raw), "--out", str(out),
+                     "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["world_size"] == 2

@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # for the resume command a Ctrl-C prints
     missing = missing_train_modules()
     if missing:
         print(f"distill: error: distill needs the [train] extra, missing {', '.join(missing)}: "
@@ -78,5 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
         return 130
 

@@ -1,37 +1,62 @@
 """``distill train-teacher`` and ``distill distill``: preset-driven training from the command line.
 
 Both run under ``torchrun --nproc-per-node N -m distillation.cli ...`` as DDP (NCCL on GPUs,
-gloo on CPU); only rank 0 writes files. ``--resume`` continues from ``OUT/checkpoint_latest.pt``.
+gloo on CPU); only rank 0 writes files. A folder holding a run is never trained over silently:
+``--resume`` continues from ``OUT/checkpoint_latest.pt``, ``--force`` starts again. Ctrl-C saves
+a checkpoint and prints the command that resumes it (exit 130).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shlex
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+from distillation.cli.output import add_json_option, emit, fields
+from distillation.cli.presets import presets_epilog
 from pacsnode.errors import ConfigError
 
-__all__ = ["register"]
+__all__ = ["register", "resume_command"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="PRESET",
-                   help="preset file, or a bundled preset name (brain-tiny, brain-cpu, brain-full)")
+                   help="a bundled preset name (listed below) or a preset .toml file")
     p.add_argument("--dataset", required=True, type=Path, help="nnU-Net raw dataset folder (dataset.json)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics, plot)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_latest.pt")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (checkpoints, metrics, plot); one holding a run needs --resume or "
+                        "--force")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from OUT/checkpoint_latest.pt (after Ctrl-C, or "
+                            "with a larger --epochs after it finished)")
+    again.add_argument("--force", action="store_true",
+                       help="start again from scratch: remove the run in --out (checkpoints, metrics, "
+                            "preprocessed cache) first")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's train.epochs")
     p.add_argument("--num-workers", type=int, default=None, help="override the preset's data.num_workers")
+    add_json_option(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train-teacher", help="train a teacher U-Net from an nnU-Net raw dataset")
+    epilog = presets_epilog(study=False)
+    t = sub.add_parser("train-teacher", help="train a teacher U-Net from an nnU-Net raw dataset",
+                       description=textwrap.fill(
+                           "Train an nnU-Net-style teacher (Dice+CE, deep supervision) on an nnU-Net raw "
+                           "dataset with a preset. Ctrl-C saves a checkpoint and prints how to resume.", 88),
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(t)
     t.set_defaults(func=_train_teacher)
-    d = sub.add_parser("distill", help="distil a narrower student from a teacher checkpoint")
+    d = sub.add_parser("distill", help="distil a narrower student from a teacher checkpoint",
+                       description=textwrap.fill(
+                           "Distil a student of a given width from a teacher checkpoint with the preset's "
+                           "(or --kd's) KD terms; the student reuses the teacher's plan. Ctrl-C saves a "
+                           "checkpoint and prints how to resume.", 88),
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(d)
     d.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (.pt)")
     d.add_argument("--width", type=float, default=0.25, help="student width factor (default 0.25)")
@@ -58,18 +83,53 @@ def _preset(args: argparse.Namespace):
     return preset
 
 
-def _report(summary: dict) -> int:
-    import os
+def _prepare_out(args: argparse.Namespace) -> None:
+    """Refuse a folder holding a run without --resume / --force; --force clears it (rank 0)."""
+    from distillation.train import check_out_dir, clear_run
 
-    if os.environ.get("RANK", "0") == "0":
-        sys.stdout.write(json.dumps(summary) + "\n")
+    check_out_dir(args.out, resume=args.resume, force=args.force)
+    if args.force and os.environ.get("RANK", "0") == "0":
+        clear_run(args.out)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes the run ``argv`` started (``--force`` dropped, ``--resume`` added)."""
+    tokens = [t for t in argv if t != "--force"]
+    if "--resume" not in tokens:
+        tokens.append("--resume")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = (["torchrun", "--nproc-per-node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), "-m",
+               "distillation.cli"] if world > 1 else ["distill"])
+    return shlex.join([*prefix, *tokens])
+
+
+def _train(args: argparse.Namespace, role: str, run) -> int:
+    from distillation.train import FINAL, TrainingInterrupted
+
+    _prepare_out(args)
+    try:
+        summary = run()
+    except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"distill: {stop}", file=sys.stderr)
+            print(f"resume with: {resume_command(list(args.argv))}", file=sys.stderr)
+        return 130
+    data = {"role": role, "out": str(args.out), "checkpoint": str(args.out / FINAL),
+            "metrics": str(args.out / "metrics.json"), **summary}
+    rows = [("role", role), ("epochs", summary.get("epochs_completed")),
+            ("final val Dice", summary.get("final_val_dice")), ("world size", summary.get("world_size")),
+            ("checkpoint", data["checkpoint"]), ("metrics", data["metrics"])]
+    if "max_weight_divergence_across_ranks" in summary:
+        rows.insert(4, ("max weight divergence", summary["max_weight_divergence_across_ranks"]))
+    emit(args, data, fields(rows))
     return 0
 
 
 def _train_teacher(args: argparse.Namespace) -> int:
     from distillation.train import train_teacher
 
-    return _report(train_teacher(_preset(args), args.dataset, args.out, resume=args.resume))
+    preset = _preset(args)
+    return _train(args, "teacher", lambda: train_teacher(preset, args.dataset, args.out, resume=args.resume))
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -81,4 +141,5 @@ def _distill(args: argparse.Namespace) -> int:
     if not args.teacher.is_file():
         raise ConfigError(f"--teacher must be a checkpoint file, got {str(args.teacher)!r}")
     preset = with_kd_terms(_preset(args), args.kd)
-    return _report(distill(preset, args.teacher, args.width, args.dataset, args.out, resume=args.resume))
+    return _train(args, f"student (width {args.width:g})",
+                  lambda: distill(preset, args.teacher, args.width, args.dataset, args.out, resume=args.resume))

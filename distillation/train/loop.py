@@ -7,6 +7,11 @@ optimizer, a patch-batch stream and the preset's schedule. Per epoch: poly learn
 ``val_every`` epochs, a checkpoint every ``checkpoint_every`` epochs and at the end (through
 :mod:`distillation.checkpoint`), metrics to JSON / CSV / PNG. Under torchrun the model is
 wrapped in DDP and only rank 0 writes files.
+
+Ctrl-C (``KeyboardInterrupt``) during an epoch saves the weights and optimizer state of that
+moment as ``checkpoint_latest.pt`` with the epochs completed and where it stopped, and raises
+:class:`TrainingInterrupted`; a resumed run starts the interrupted epoch again from its first
+step with those weights (the steps it had finished are in the weights, not replayed).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from distillation.train.metrics import MetricsLog
 from distillation.train.models import ModelPair
 from distillation.train.schedule import poly_lr, set_lr
 
-__all__ = ["RunSpec", "ResumeState", "fit", "validation_dice", "read_resume_state",
-           "LATEST", "FINAL"]
+__all__ = ["RunSpec", "ResumeState", "TrainingInterrupted", "fit", "validation_dice",
+           "read_resume_state", "LATEST", "FINAL"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,19 @@ class ResumeState:
     kd_heads: Mapping[str, torch.Tensor] | None
     optimizer: dict[str, Any] | None
     scaler: dict[str, Any] | None
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training; ``checkpoint`` holds the state to resume from."""
+
+    def __init__(self, checkpoint: Path, epochs_done: int, epochs: int, step: int, steps_per_epoch: int) -> None:
+        self.checkpoint = checkpoint
+        self.epochs_done = epochs_done
+        self.epochs = epochs
+        self.step = step
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(f"interrupted in epoch {epochs_done + 1}/{epochs} at step {step}/{steps_per_epoch}; "
+                         f"saved {checkpoint} ({epochs_done} epoch{'' if epochs_done == 1 else 's'} done)")
 
 
 def read_resume_state(out_dir: Path) -> ResumeState | None:
@@ -144,7 +162,7 @@ def fit(pair: ModelPair, objective: Objective, optimizer: torch.optim.Optimizer,
     loader = make_loader(data, preset.data.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def save(epoch: int, name: str) -> None:
+    def save(epoch: int, name: str, **more: Any) -> None:
         if not ctx.is_main:
             return
         save_checkpoint(
@@ -153,57 +171,70 @@ def fit(pair: ModelPair, objective: Objective, optimizer: torch.optim.Optimizer,
             num_classes=spec.num_classes, width_factor=spec.width_factor,
             min_features=spec.min_features, card=spec.card, epoch=epoch, optimizer=optimizer,
             kd_heads=model.heads, extra={**spec.extra, "grad_scaler": scaler.state_dict(),
-                                         "preset": preset.to_json()})
+                                         "preset": preset.to_json(), **more})
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = poly_lr(epoch, cfg.epochs, ocfg.lr, ocfg.poly_exponent)
-        set_lr(optimizer, lr)
-        data.set_epoch(epoch)
-        wrapped.train()
-        sums: dict[str, float] = {}
-        steps = 0
-        bar = tqdm(loader, total=data.batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and ctx.is_main), leave=False)
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                t_out = t_feats = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        if needs_feats:
-                            t_out, t_feats = teacher.forward_with_features(x)
-                        else:
-                            t_out = teacher(x)
-                outputs, _, projected = wrapped(x)
-                loss, parts = objective(outputs, y, projected=projected, teacher_outputs=t_out,
-                                        teacher_features=t_feats)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss must be finite, got {float(loss)} at epoch {epoch}")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, ocfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps += 1
-            bar.set_postfix(loss=f"{parts['total']:.4f}")
-        means = all_mean({f"train_{k}": v / max(steps, 1) for k, v in sums.items()}, ctx)
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, **means}
-        done = epoch + 1
-        if done % cfg.val_every == 0 or done == cfg.epochs:
-            if ctx.is_main and val_patches:
-                record.update(validation_dice(model.student, val_patches, spec.num_classes, device))
+    at = {"epoch": start, "step": 0}  # where training is, for a Ctrl-C checkpoint
+    bar = None
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = poly_lr(epoch, cfg.epochs, ocfg.lr, ocfg.poly_exponent)
+            set_lr(optimizer, lr)
+            data.set_epoch(epoch)
+            wrapped.train()
+            sums: dict[str, float] = {}
+            steps = 0
+            at.update(epoch=epoch, step=0)
+            bar = tqdm(loader, total=data.batches_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (cfg.progress and ctx.is_main), leave=False)
+            for x, y in bar:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    t_out = t_feats = None
+                    if teacher is not None:
+                        with torch.no_grad():
+                            if needs_feats:
+                                t_out, t_feats = teacher.forward_with_features(x)
+                            else:
+                                t_out = teacher(x)
+                    outputs, _, projected = wrapped(x)
+                    loss, parts = objective(outputs, y, projected=projected, teacher_outputs=t_out,
+                                            teacher_features=t_feats)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss must be finite, got {float(loss)} at epoch {epoch}")
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, ocfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+                at["step"] = steps
+                bar.set_postfix(loss=f"{parts['total']:.4f}")
+            means = all_mean({f"train_{k}": v / max(steps, 1) for k, v in sums.items()}, ctx)
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr, **means}
+            done = epoch + 1
+            if done % cfg.val_every == 0 or done == cfg.epochs:
+                if ctx.is_main and val_patches:
+                    record.update(validation_dice(model.student, val_patches, spec.num_classes, device))
+                ctx.barrier()
+            record["epoch_seconds"] = time.perf_counter() - t0
+            if metrics is not None:
+                metrics.append(record)
+                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
+            at.update(epoch=done, step=0)  # recorded: a Ctrl-C from here on keeps this epoch
+            if done % cfg.checkpoint_every == 0 and done < cfg.epochs:
+                save(done, LATEST)
             ctx.barrier()
-        record["epoch_seconds"] = time.perf_counter() - t0
-        if metrics is not None:
-            metrics.append(record)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
-        if done % cfg.checkpoint_every == 0 and done < cfg.epochs:
-            save(done, LATEST)
-        ctx.barrier()
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        save(at["epoch"], LATEST, interrupted={"epoch": at["epoch"] + 1, "step": at["step"],
+                                               "steps_per_epoch": data.batches_per_epoch})
+        raise TrainingInterrupted(out_dir / LATEST, at["epoch"], cfg.epochs, at["step"],
+                                  data.batches_per_epoch) from None
     summary: dict[str, Any] = {"epochs_completed": cfg.epochs, "world_size": ctx.world_size}
     divergence = max_weight_divergence(model, ctx)
     if ctx.is_distributed:
