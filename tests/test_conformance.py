@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, dcmtk
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from receive_node import ReceiveNode
@@ -146,21 +147,23 @@ def test_scp_accepts_exactly_what_the_statement_lists(tmp_path: Path) -> None:
     assert {results[(sop_classes[0], ts)] for ts in UNLISTED_SYNTAXES} == {"Transfer Syntaxes Not Supported"}
 
 
-def test_scu_table_is_what_the_outbox_proposes() -> None:
+def test_scu_table_is_what_the_outbox_proposes(tmp_path: Path) -> None:
+    from test_air import _acquisition, _results
+
     from pacsnode.delivery.scu import _contexts
     from pacsnode.results.seg import SEG_SOP_CLASS_UIDS
     from pacsnode.results.sr import SR_SOP_CLASS_UID
 
     listed = claimed(DOC.read_text(), "SCU")
-    datasets = []
-    for uid in {*SEG_SOP_CLASS_UIDS.values(), SR_SOP_CLASS_UID}:
-        ds = Dataset()
-        ds.SOPClassUID = uid
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the writers save
-        datasets.append(ds)
-    proposed = {(str(cx.abstract_syntax), str(ts)) for cx in _contexts(datasets) for ts in cx.transfer_syntax}
+    files = []
+    for seg_type in ("binary", "labelmap"):  # the SEG SOP classes the writers use, written and read back
+        seg, sr, _ = _results(_acquisition(tmp_path / seg_type, "MR", False), seg_type)
+        for name, ds in (("seg", seg), ("sr", sr)):
+            ds.save_as(tmp_path / seg_type / f"{name}.dcm", enforce_file_format=True)
+            files.append(dcmread(tmp_path / seg_type / f"{name}.dcm"))
+    proposed = {(str(cx.abstract_syntax), str(ts)) for cx in _contexts(files) for ts in cx.transfer_syntax}
     assert proposed == {p for p in listed if p[0] != "1.2.840.10008.1.1"}
+    assert {sop for sop, _ in proposed} == {*SEG_SOP_CLASS_UIDS.values(), SR_SOP_CLASS_UID}
     assert {ts for sop, ts in listed if sop == "1.2.840.10008.1.1"} == {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}
 
 

@@ -11,10 +11,12 @@ constants and the routes, its transfer syntaxes and the statuses it takes as sto
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import highdicom as hd
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -27,11 +29,13 @@ from pacsnode.receive.server import storage_contexts
 from pacsnode.results.seg import SEG_SOP_CLASS_UIDS, SegType
 from pacsnode.results.sr import SR_SOP_CLASS_UID
 
-__all__ = ["Facts", "SopRow", "Status", "gather", "uid_name", "WRITTEN_SYNTAX"]
+__all__ = ["Facts", "SopRow", "Status", "gather", "uid_name", "WRITTEN_SYNTAX", "SR_WRITTEN_SYNTAX"]
 
-# The transfer syntax the results writers save SEG and SR in (highdicom's default; the
-# processor keeps it when it writes the files the outbox sends).
-WRITTEN_SYNTAX = ExplicitVRLittleEndian
+# The transfer syntax the results are saved in, as the outbox finds it in their files: the SEG
+# writer leaves highdicom's default (read from its signature here); highdicom writes SR in
+# Explicit VR Little Endian (a test compares both with written files).
+WRITTEN_SYNTAX = str(inspect.signature(hd.seg.Segmentation.__init__).parameters["transfer_syntax_uid"].default)
+SR_WRITTEN_SYNTAX = str(ExplicitVRLittleEndian)
 
 
 # SOP classes the writers use that pydicom's UID dictionary does not name yet
@@ -102,7 +106,8 @@ def _scu(settings: Settings) -> tuple[tuple[SopRow, ...], dict[str, tuple[str, .
     writers' :data:`WRITTEN_SYNTAX`) and, when that is compressed, Explicit/Implicit VR Little
     Endian as another context; the probe proposes Verification."""
     fallback = tuple(str(t) for t in scu.FALLBACK_TRANSFER_SYNTAXES)
-    results = fallback if WRITTEN_SYNTAX in fallback else (str(WRITTEN_SYNTAX), *fallback)
+    written = list(dict.fromkeys([WRITTEN_SYNTAX, SR_WRITTEN_SYNTAX]))
+    results = tuple(t for t in written if t not in fallback) + fallback
     used: dict[str, list[str]] = {}
     for route in settings.routes:
         if "seg" in route.outputs:
