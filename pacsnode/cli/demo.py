@@ -1,4 +1,5 @@
-"""`pacsnode demo`: node + PACS + synthetic brain study on loopback, end to end."""
+"""`pacsnode demo`: node + PACS + synthetic brain study on loopback, end to end (exit 0 when the SEG
+and SR arrive, 1 when a stage did not finish, 2 for a bad model or seed)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="builtin:brain-tumor",
                    help="model file (default: the embedded brain-tumor student)")
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=42, help="phantom seed (default 42)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="phantom seed (default 42, the phantom shipped in the package; another seed is generated "
+                        "and needs the [train] extra)")
     p.add_argument("--keep", action="store_true", help="keep the study and the PACS's storage")
-    p.add_argument("--storescp", action="store_true", help="use DCMTK storescp as the PACS, not Orthanc")
+    p.add_argument("--storescp", action="store_true",
+                   help="use DCMTK storescp as the PACS, not Orthanc (a pynetdicom SCP where DCMTK is missing)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the results")
     p.set_defaults(func=_demo)
 

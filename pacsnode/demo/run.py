@@ -1,24 +1,27 @@
 """`pacsnode demo`: the whole node on loopback, from a PACS's C-STORE to the SEG in the PACS.
 
-1. start a PACS: Orthanc on free ports (DCMTK's storescp where Orthanc is missing);
+1. start a PACS: Orthanc on free ports (DCMTK's storescp where Orthanc is missing, and a
+   pynetdicom storage SCP where DCMTK is missing too: the demo needs only `pip install pacsnode`);
 2. start a node (`pacsnode serve`) whose route sends results to that PACS;
-3. write a synthetic brain MR study (T1, T1ce, T2, FLAIR; ground truth known);
+3. write a synthetic brain MR study (T1, T1ce, T2, FLAIR; ground truth known), shipped in the
+   package (:mod:`pacsnode.demo.phantom`);
 4. the PACS sends the study to the node by C-STORE (Orthanc's /modalities/…/store);
 5. wait for the SEG and the SR to arrive in the PACS;
 6. print what was received, the time per stage, segment volumes, Dice against the
    phantom's truth, and where to look.
+
+A failure is a :class:`DemoError` (exit 1) naming the stage, and where its files and logs are;
+a temporary folder is removed when the demo fails before it wrote anything worth reading.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,20 @@ import numpy as np
 import pydicom
 
 from pacsnode.demo.orthanc import OrthancServer, RemoteModality, orthanc_available
+from pacsnode.demo.pacs import STORESCP_BIN, PythonStoreSCP, StoreSCP
+from pacsnode.demo.phantom import SHIPPED_SEED, SHIPPED_SPACING, load_case, write_study
 from pacsnode.demo.scenario import NodeProcess, free_port, wait_for, write_node_config
 from pacsnode.errors import PacsnodeError
 from pacsnode.ledger import Ledger
 from pacsnode.processor import RUN_SUMMARY
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "run_demo"]
+
+
+class DemoError(PacsnodeError):
+    """The demo did not finish (a runtime failure: exit 1)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -109,19 +120,30 @@ def _stages(state_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
     return stages, run
 
 
-def run_demo(*, model_file: str = "builtin:brain-tumor", workdir: Path | None = None, seed: int = 42,
+def run_demo(*, model_file: str = "builtin:brain-tumor", workdir: Path | None = None, seed: int = SHIPPED_SEED,
              keep: bool = False, use_orthanc: bool | None = None, timeout: float = 600.0) -> DemoResult:
-    """Run the scenario; raises :class:`PacsnodeError` naming the stage that did not finish."""
-    from distillation.phantoms import generate_brain_case, write_study
-
+    """Run the scenario; raises :class:`DemoError` naming the stage that did not finish (a bad
+    model or seed is a :class:`PacsnodeError` raised before anything is written)."""
+    spacing = _model_spacing(model_file)
+    case = load_case(seed, SHIPPED_SPACING if seed == SHIPPED_SEED else spacing)
+    temporary = workdir is None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="pacsnode-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    orthanc_ok = orthanc_available() if use_orthanc is None else use_orthanc
-    spacing = _model_spacing(model_file)
+    try:
+        return _run(case, model_file, work, keep, use_orthanc, timeout)
+    except PacsnodeError as exc:
+        raise DemoError(f"{exc} (the demo's files are in {work})") from None
+    except BaseException:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
+
+def _run(case: Any, model_file: str, work: Path, keep: bool, use_orthanc: bool | None,
+         timeout: float) -> DemoResult:
+    orthanc_ok = orthanc_available() if use_orthanc is None else use_orthanc
     _say(f"pacsnode demo — working in {work}")
-    _say(f"1/5 synthetic brain MR study (seed {seed}, {spacing[0]:g} mm) ...")
-    case = generate_brain_case(seed, spacing=spacing)
+    _say(f"1/5 synthetic brain MR study (seed {case.seed}, {case.spacing[0]:g} mm) ...")
     study = write_study(case, work / "study")
     files = [f for series in study.values() for f in series]
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -130,18 +152,20 @@ def run_demo(*, model_file: str = "builtin:brain-tumor", workdir: Path | None = 
 
     node_port, pacs_dicom, pacs_http = free_port(), free_port(), free_port()
     state = work / "node-state"
-    config = write_node_config(work / "node.toml", state_dir=state, port=node_port, model_file=model_file,
-                               destination=("ORTHANC" if orthanc_ok else "STORESCP", "127.0.0.1", pacs_dicom),
-                               stable_seconds=3.0)
-    node = NodeProcess(config, node_port, log_path=work / "node.log")
     pacs: Any
     if orthanc_ok:
         pacs = OrthancServer(work / "orthanc", pacs_dicom, pacs_http,
                              modalities=[RemoteModality("pacsnode", "PACSNODE", "127.0.0.1", node_port)])
         pacs_name = f"Orthanc on 127.0.0.1:{pacs_dicom} (web {pacs.url})"
-    else:
-        pacs = _StoreSCP(work / "pacs", pacs_dicom)
+    elif STORESCP_BIN.exists():
+        pacs = StoreSCP(work / "pacs", pacs_dicom)
         pacs_name = f"DCMTK storescp on 127.0.0.1:{pacs_dicom} (Orthanc not installed)"
+    else:
+        pacs = PythonStoreSCP(work / "pacs", pacs_dicom)
+        pacs_name = f"a pynetdicom storage SCP on 127.0.0.1:{pacs_dicom} (neither Orthanc nor DCMTK installed)"
+    config = write_node_config(work / "node.toml", state_dir=state, port=node_port, model_file=model_file,
+                               destination=(pacs.ae_title, "127.0.0.1", pacs_dicom), stable_seconds=3.0)
+    node = NodeProcess(config, node_port, log_path=work / "node.log")
     _say(f"2/5 PACS: {pacs_name}")
     try:
         pacs.start()
@@ -153,9 +177,11 @@ def run_demo(*, model_file: str = "builtin:brain-tumor", workdir: Path | None = 
             study_id = pacs.study_id(study_uid)
             pacs.store_to("pacsnode", [study_id])
         else:
-            subprocess.run([sys.executable, "-m", "pacsnode", "send", str(work / "study"), "--to",
-                            f"127.0.0.1:{node_port}", "--aec", "PACSNODE"], check=True,
-                           stdout=subprocess.DEVNULL)
+            sent = subprocess.run([sys.executable, "-m", "pacsnode", "send", str(work / "study"), "--to",
+                                   f"127.0.0.1:{node_port}", "--aec", "PACSNODE"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if sent.returncode:
+                raise PacsnodeError(f"sending the study to the node failed: {sent.stderr.strip()}")
         _say("5/5 waiting for the node's SEG and SR in the PACS ...")
         seg_blob, sr_blob = _wait_results(pacs, study_uid, orthanc_ok, node, timeout)
         node.stop()
@@ -217,29 +243,7 @@ def _wait_results(pacs: Any, study_uid: str, orthanc_ok: bool, node: NodeProcess
             return found["SG"].read_bytes(), found["SR"].read_bytes()
         return None
 
-    return wait_for(files, timeout, "the SEG and SR at storescp", interval=0.5)
-
-
-@dataclass
-class _StoreSCP:
-    """DCMTK's storescp as the stand-in PACS when Orthanc is not installed."""
-
-    directory: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["/usr/bin/storescp", "-aet", "STORESCP", "+xa", "-od", str(self.directory), str(self.port)],
-            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait()
-            self.proc = None
+    return wait_for(files, timeout, "the SEG and SR at the PACS", interval=0.5)
 
 
 def _print_summary(r: DemoResult) -> None:

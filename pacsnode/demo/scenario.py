@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsnode.errors import PacsnodeError
+from pacsnode.example_config import example_config_text
 
 __all__ = [
     "NodeProcess",
@@ -33,8 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.toml"
 
 
 def free_port() -> int:
@@ -97,7 +96,7 @@ def write_node_config(
     match: Mapping[str, Any] | None = None,
 ) -> Path:
     """A node config for loopback, derived from the shipped config.toml (same sections)."""
-    doc = tomllib.loads(_DEFAULT_CONFIG.read_text())
+    doc = tomllib.loads(example_config_text())
     doc["node"].update(state_dir=str(state_dir), port=port, bind_address="127.0.0.1")
     doc["security"]["allowed_callers"] = [
         {"ae_title": ae, "hosts": ["127.0.0.0/8"]} for ae in callers
@@ -176,7 +175,10 @@ class NodeProcess:
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise PacsnodeError(f"pacsnode serve exited with {self.proc.returncode}; see {log_path}")
+                said = [line.removeprefix("pacsnode: error: ") for line in
+                        log_path.read_text(errors="replace").splitlines() if line.startswith("pacsnode: error: ")]
+                raise PacsnodeError(f"pacsnode serve exited with {self.proc.returncode}"
+                                    f"{': ' + said[-1] if said else ''}; see {log_path}")
             return echo("127.0.0.1", self.port, self.ae_title, timeout=2.0)
 
         wait_for(up, timeout, f"the node to answer C-ECHO on port {self.port}")
