@@ -128,3 +128,21 @@ def test_docs_list_every_requirement_with_a_status() -> None:
     for row in rows:
         status = row.split("|")[4].strip()
         assert status.startswith(("met", "not applicable")), row
+
+
+def test_a_card_without_colours_still_gets_recommended_display_colours(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from pacsnode.results.seg import DEFAULT_COLORS
+
+    card = copy.deepcopy(BRAIN_CARD)
+    for label in card["labels"]:
+        label.pop("color", None)
+    sources = _acquisition(tmp_path, "MR", False)
+    labels = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), np.uint8)
+    labels[1:3, 2:6, 2:6] = 1
+    seg = write_seg(sources, labels, card, model_sha256=SHA)
+    assert check_seg(seg) == []
+    got = [hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb() for s in seg.SegmentSequence]
+    assert [tuple(abs(a - b) <= 1 for a, b in zip(g, want, strict=True)) for g, want in
+            zip(got, DEFAULT_COLORS, strict=False)] == [(True, True, True)] * len(card["labels"])

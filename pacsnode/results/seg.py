@@ -6,7 +6,8 @@ checklist):
 
 - BINARY by default (what viewers display); FRACTIONAL (probabilities) and LABELMAP on request;
 - one segment per card label, numbered 1..N in label-value order, each described with the card's
-  SNOMED CT category and type, its recommended display colour (CIELab) and the algorithm
+  SNOMED CT category and type, its recommended display colour (CIELab; a fixed one when the card
+  has none) and the algorithm
   (family "Artificial Intelligence", model name, version, model file sha256);
 - every segment keeps a frame for every source frame (``omit_empty_frames=False``): empty
   segments are described and present, and each frame carries one Derivation Image reference
@@ -41,6 +42,11 @@ __all__ = ["SegType", "write_seg", "seg_series_description", "segment_numbers", 
 log = logging.getLogger(__name__)
 
 _MAX_LO = 64
+# colours for labels whose card gives none (distinct on grey images; segment n takes entry n-1)
+DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230),
+)
 
 
 class SegType(enum.StrEnum):
@@ -91,7 +97,9 @@ def algorithm_identification(card: ResultCard, model_sha256: str) -> hd.Algorith
 def _description(
     number: int, label: CardLabel, algorithm: hd.AlgorithmIdentificationSequence
 ) -> hd.seg.SegmentDescription:
-    color = hd.color.CIELabColor.from_rgb(*label.color) if label.color is not None else None
+    # every segment gets a recommended display colour (IHE AIR): the card's, or a fixed one by number
+    rgb = label.color if label.color is not None else DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)]
+    color = hd.color.CIELabColor.from_rgb(*rgb)
     return hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=label.name[:_MAX_LO],
