@@ -47,4 +47,31 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,dev]"
   touch "$stamp"
 fi
+
+# The viewer tests (tests/test_seg_readers.py, tests/test_ohif_browser.py): node and npm (Debian's
+# when the machine has none), the viewers' readers pinned in tests/viewers (npm ci; puppeteer-core
+# drives Debian's chromium, so no browser download), and OHIF's prebuilt viewer (npm pack
+# @ohif/app carries package/dist) in tests/viewers/ohif-dist, where `pacsnode demo --viewer` finds it too.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs and npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+viewers=tests/viewers
+if [ ! -f "$viewers/node_modules/.package-lock.json" ] || [ "$viewers/package-lock.json" -nt "$viewers/node_modules/.package-lock.json" ]; then
+  echo "setup: installing the viewer readers (npm ci in $viewers)"
+  (cd "$viewers" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+OHIF_VERSION=3.13.2
+if [ "$(cat "$viewers/ohif-dist/.ohif-version" 2>/dev/null)" != "$OHIF_VERSION" ]; then
+  echo "setup: unpacking OHIF $OHIF_VERSION's prebuilt viewer into $viewers/ohif-dist"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack "@ohif/app@$OHIF_VERSION" --silent >/dev/null && tar xzf "ohif-app-$OHIF_VERSION.tgz" package/dist)
+  rm -rf "$viewers/ohif-dist"
+  mv "$tmp/package/dist" "$viewers/ohif-dist"
+  echo "$OHIF_VERSION" > "$viewers/ohif-dist/.ohif-version"
+  rm -rf "$tmp"
+fi
 echo "setup: ready"
