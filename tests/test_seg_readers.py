@@ -256,3 +256,23 @@ def test_config_check_lines_name_the_viewers_that_cannot_show_a_seg_type() -> No
         "route labels: seg_type 'labelmap' is not shown by cornerstone's legacy SEG loader (cornerstone-tools 4, "
         "OHIF 2): 'Could not retrieve the segment index'; 'binary' (the default) is shown by every viewer tested",
     ]
+
+
+@pytest.mark.parametrize("seg_type", ["binary", "labelmap"])
+def test_config_check_prints_the_warning(seg_type: str, tmp_path: Path) -> None:
+    import sys
+
+    text = (REPO / "config.toml").read_text()
+    assert 'seg_type = "binary"' in text
+    config = tmp_path / "node.toml"
+    config.write_text(text.replace('seg_type = "binary"', f'seg_type = "{seg_type}"')
+                      .replace('state_dir = "var/pacsnode"', f'state_dir = "{tmp_path / "state"}"'))
+    out = subprocess.run([sys.executable, "-m", "pacsnode", "config", "check", str(config)],
+                         capture_output=True, text=True).stdout
+    warnings = [line.strip() for line in out.splitlines() if line.strip().startswith("warning")]
+    if seg_type == "binary":
+        assert warnings == []
+    else:
+        assert warnings == ["warning    route brain-tumor-mr: seg_type 'labelmap' is not shown by cornerstone's legacy "
+                            "SEG loader (cornerstone-tools 4, OHIF 2): 'Could not retrieve the segment index'; "
+                            "'binary' (the default) is shown by every viewer tested"]

@@ -10,6 +10,7 @@ from pacsnode.cli.peer import quiet_pynetdicom
 from pacsnode.config import load_settings
 from pacsnode.errors import PacsnodeError
 from pacsnode.preflight import exit_code, preflight
+from pacsnode.results.viewer_support import seg_type_warnings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  series     grouped by {s.series.group_by}, complete after {s.series.stable_seconds:g} s idle")
     for r in s.routes:
         print(f"  route      {r.name}: {r.model} → {', '.join(r.outputs)} → {', '.join(r.destinations) or 'nowhere'}")
+    for line in seg_type_warnings(s.routes):
+        print(f"  warning    {line}")
     print("pre-flight (what serve checks before it starts)")
     findings = preflight(s, online=args.online, echo_timeout=args.timeout)
     for f in findings:
