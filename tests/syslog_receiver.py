@@ -1,6 +1,7 @@
 """A real audit repository for tests: rsyslog (apt), started with its own config, unprivileged
 ports on loopback, UDP (imudp) and TLS (imtcp + gtls, RFC 5425 octet counting) inputs, each
-written raw, one message per line, to its own file."""
+written raw, one message per line, to its own file. ``auth_mode="x509/certvalid"`` makes the
+TLS input require a client certificate signed by the CA (mutual TLS, as ATNA asks)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def udp_port() -> int:
 class Rsyslog:
     """``start()`` / ``stop()`` an rsyslogd; ``messages(kind)`` what it wrote for "udp" or "tls"."""
 
-    def __init__(self, workdir: Path, tls: Path) -> None:
+    def __init__(self, workdir: Path, tls: Path, auth_mode: str = "anon") -> None:
         if not RSYSLOGD.exists():
             pytest.fail(f"rsyslog is missing at {RSYSLOGD}: run scripts/setup.sh (make test does)")
         self.dir = workdir
@@ -55,7 +56,7 @@ ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="raw") }
 ruleset(name="tls") {{ action(type="omfile" file="{d}/tls.log" template="raw") }}
 input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="udp")
 input(type="imtcp" address="127.0.0.1" port="{self.tls_port}" ruleset="tls"
-      streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
+      streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="{auth_mode}")
 """)
 
     def start(self) -> None:

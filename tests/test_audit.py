@@ -308,3 +308,35 @@ def test_a_site_that_allows_no_patient_id_gets_a_stable_pseudonym(tmp_path: Path
            if o.get("ParticipantObjectTypeCodeRole") == "1"]
     assert len(ids) == 2 and ids[0] == ids[1] and re.fullmatch(r"PSEUDO-[0-9a-f]{24}", ids[0]), ids
     assert str(ds.PatientID).encode() not in log and str(ds.PatientName).encode() not in log
+
+
+def test_a_repository_that_requires_the_nodes_certificate_gets_nothing_without_it(tmp_path: Path) -> None:
+    tls = tls_material(tmp_path / "tls")
+    rsyslog = Rsyslog(tmp_path / "rsyslog", tls, auth_mode="x509/certvalid")  # mutual TLS
+    rsyslog.start()
+    try:
+        audit = {"host": "127.0.0.1", "port": rsyslog.tls_port, "transport": "tls", "tls_ca": str(tls / "ca.crt"),
+                 "retry_seconds": 0.2}
+        anonymous = AuditTrail(_settings(tmp_path, **audit))
+        anonymous.start()
+        for i in range(3):
+            anonymous.association_accepted(_assoc(f"CALLER{i}"))
+        time.sleep(2.0)
+        assert rsyslog.messages("tls") == []  # refused: nothing written into the dropped connections
+        assert anonymous.sender.pending() == 4 and "closed the TLS connection" in anonymous.sender.last_error
+        anonymous.stop(flush_seconds=0.2)
+
+        with_cert = AuditTrail(_settings(tmp_path, **audit, tls_cert=str(tls / "client.crt"),
+                                         tls_key=str(tls / "client.key")))
+        with_cert.start()  # the same queue: the refused messages go first
+        wait_for(lambda: with_cert.sender.pending() == 0, 15, "the queue to empty")
+        with_cert.stop()
+        lines = rsyslog.wait_for("tls", 8)
+    finally:
+        rsyslog.stop()
+    msgs = [parse(line) for line in lines]
+    callers = [p.get("UserID") for m in msgs if summary(m)[0] == "110113"
+               for p in m.findall("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+    assert callers == ["CALLER0", "CALLER1", "CALLER2"]
+    assert len(msgs) == 8  # start, 3 associations, stop, a configuration change ([audit]), start, stop
+    assert [summary(m) for m in msgs][5] == ("110113", "E", "0", "110129")  # Security Configuration

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -34,6 +35,7 @@ LOG = logging.getLogger(__name__)
 PRI = 10 * 8 + 5  # facility 10 (security/authorization), severity 5 (notice)
 MSGID = "IHE+RFC-3881"
 _BOM = b"\xef\xbb\xbf"
+_SETTLE_SECONDS = 0.5
 
 
 def _field(value: str, limit: int) -> str:
@@ -197,6 +199,13 @@ class QueuedSender:
             except (OSError, ssl.SSLError):
                 raw.close()
                 raise
+            # With TLS 1.3 the client's handshake ends before the server has checked the client
+            # certificate; a repository that refuses it closes the connection just after. Wait a
+            # moment for that, so no message is written into a connection about to be dropped.
+            if select.select([raw], [], [], _SETTLE_SECONDS)[0] and self._peer_closed(raw):
+                raw.close()
+                raise ConnectionError("the audit repository closed the TLS connection after the handshake "
+                                      "(is the node's certificate, audit.tls_cert, one it accepts?)")
         self._sock = raw
         return raw
 
