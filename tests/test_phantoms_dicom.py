@@ -147,6 +147,27 @@ def test_files_are_deterministic(crop, tmp_path):
     assert pydicom.dcmread(other["T1"][0]).StudyInstanceUID != pydicom.dcmread(a["T1"][0]).StudyInstanceUID
 
 
+def test_each_seed_and_acquisition_is_a_study_of_its_own(crop, tmp_path):
+    """Two phantom studies sent to one PACS must never merge (issue 25)."""
+    def uids(case, name, **kw):
+        head = pydicom.dcmread(write_study(case, tmp_path / name, **kw)["T1"][0], stop_before_pixels=True)
+        return head.StudyInstanceUID, head.FrameOfReferenceUID
+
+    t1_only = replace(crop, images={"T1": crop.images["T1"]})
+    plain = uids(t1_only, "plain")
+    assert plain == (StudyInfo.synthetic(crop.seed, crop.kind).study_instance_uid,
+                     StudyInfo.synthetic(crop.seed, crop.kind).frame_of_reference_uid)
+    assert uids(t1_only, "axial", orientation="axial") == plain
+    variants = [uids(t1_only, "sag", orientation="sagittal"), uids(t1_only, "cor", orientation="coronal"),
+                uids(t1_only, "flip", orientation="axial", flip_slices=True),
+                uids(t1_only, "enh", enhanced=True), uids(t1_only, "rle", transfer_syntax="rle"),
+                uids(replace(t1_only, seed=crop.seed + 1), "seed", orientation="sagittal")]
+    studies = [plain[0], *(v[0] for v in variants)]
+    frames = [plain[1], *(v[1] for v in variants)]
+    assert len(set(studies)) == len(studies) and len(set(frames)) == len(frames)
+    assert uids(t1_only, "sag-again", orientation="sagittal") == variants[0]  # still deterministic
+
+
 @pytest.mark.parametrize("orientation", ["axial", "sagittal", "coronal", "oblique"])
 @pytest.mark.parametrize("flip", [False, True], ids=["normal", "flipped"])
 @pytest.mark.parametrize("reader", ["pydicom", READERS[2]])

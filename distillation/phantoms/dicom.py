@@ -20,7 +20,7 @@ import datetime as _dt
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -602,15 +602,28 @@ def _ct_macros(shared: Dataset, geo: _Geometry, series_uid: str) -> None:
         KVP=120.0, FocalSpots=[1.2], FilterType="BODY", FilterMaterial=["ALUMINUM"])])
 
 
+def _acquisition_study(seed: int, kind: str, kw: Mapping[str, Any]) -> StudyInfo:
+    study = StudyInfo.synthetic(seed, kind)
+    acquisition = (kw.get("orientation") or "axial", bool(kw.get("flip_slices")), bool(kw.get("enhanced")),
+                   str(_parse_ts(kw.get("transfer_syntax"))))
+    if acquisition == ("axial", False, False, str(ExplicitVRLittleEndian)):
+        return study
+    return replace(study, study_instance_uid=_uid("study", kind, seed, *acquisition),
+                   frame_of_reference_uid=_uid("frame-of-reference", kind, seed, *acquisition))
+
+
 def write_study(case: PhantomCase, out_dir: str | Path, *, study: StudyInfo | None = None,
                 **kw: Any) -> dict[str, list[Path]]:
     """Write a phantom case as one study: one series per channel under ``out_dir/NNN_<channel>``.
 
     All series share StudyInstanceUID and FrameOfReferenceUID; SeriesDescription is
     exactly the channel name ("T1", "T1ce", "T2", "FLAIR"; CT: "CT ABDOMEN").
-    Keyword arguments are passed to :func:`write_series`.
+    Keyword arguments are passed to :func:`write_series`. Without ``study``, each seed and
+    acquisition (orientation, slice order, Enhanced, transfer syntax) is a study of its own, so
+    two of them sent to one PACS never merge; the plain axial classic study is
+    ``StudyInfo.synthetic(seed, kind)``.
     """
-    study = study or StudyInfo.synthetic(case.seed, case.kind)
+    study = study or _acquisition_study(case.seed, case.kind, kw)
     out = Path(out_dir)
     written: dict[str, list[Path]] = {}
     for number, (channel, image) in enumerate(case.images.items(), start=1):
