@@ -1,23 +1,32 @@
-"""Latency and peak memory of `pacsnode infer` on a brain MR and an abdominal CT; writes docs/inference.md.
+"""CPU inference per backend × precision × width, whole cases and the demo; writes docs/inference.md.
 
-    .venv/bin/python benchmarks/inference.py                       # random-init U-Nets, widths 1/4 and 1/8
-    .venv/bin/python benchmarks/inference.py --model mr=brain.onnx --model ct=ct.onnx
+    .venv/bin/python benchmarks/inference.py                    # everything below (~10 min on 2 idle cores)
+    .venv/bin/python benchmarks/inference.py --skip cases demo  # only the window matrix
 
-Cases: a 4-channel 155×240×240 MR at 1 mm (T1, T1ce, T2, FLAIR) and a 512×512×300 CT
-(0.8 × 0.8 mm, 1.5 mm slices). Without --model, nnU-Net-shaped PlainConvUNets (default
-3d_fullres plans for a 128³ patch) are built with torch at the given width factors,
-randomly initialised and exported with distillation.export (benchmarks may use torch;
-pacsnode never does). Each run is a separate `pacsnode infer` process; its peak RSS
-is the child's own VmHWM (/proc/self/status) at exit. Numbers: ms per window, total, share of time outside the network
-(align + preprocess + resample back + postprocess over the time from the first pixel
-read to the label map) and peak RSS. Targets: CT peak memory < 2 GB; pre+post < 25%.
+1. **Windows.** nnU-Net's default brain PlainConvUNet (4 channels in, 4 classes, 128³ window) at
+   widths 1, 1/2, 1/4, 1/8, random weights (timing does not depend on them), exported with
+   distillation.export; for each, ONNX Runtime fp32/int8 and OpenVINO fp32/bf16/int8 (int8: the
+   QDQ file of ``distill export --int8``, calibrated on two random 64³ windows, convolutions with
+   >= 16 channels). Median of ``--reps`` windows after one warm-up; GFLOP/s from the network's
+   conv FLOPs; its share of the numpy fp32 SGEMM rate measured in the same run.
+2. **Whole cases**, each its own process (peak RSS = its VmHWM): a 1 mm 4×155×240×240 brain MR
+   with the shipped model and with random widths 1 and 1/4; a 300×512×512 CT (1.5 × 0.8 × 0.8 mm
+   → 1.5 mm) with a random width-1/4 CT model (``--ct-teacher`` adds width 1). Stages as
+   ``pacsnode infer --seg`` times them: read, pre (align + crop/normalise/resample), network,
+   post (resample back + post-processing), SEG + SR written.
+3. **Demo**: ``pacsnode demo``'s study (Orthanc → node → Orthanc), last instance → SEG stored.
+
+Every ratio in the report comes from this one run; the 1-minute load average is recorded per
+section, because the machine this runs on is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,185 +38,199 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CASES = {
-    "mr": {"shape": (155, 240, 240), "spacing": (1.0, 1.0, 1.0), "channels": ["T1", "T1ce", "T2", "FLAIR"],
-           "labels": {"edema": 1, "necrosis": 2, "enhancing": 3}, "target": (1.0, 1.0, 1.0)},
-    "ct": {"shape": (300, 512, 512), "spacing": (1.5, 0.8, 0.8), "channels": ["CT"],
-           "labels": {"liver": 1, "spleen": 2, "right_kidney": 3, "left_kidney": 4}, "target": (1.5, 1.5, 1.5)},
-}
+from benchmarks.inference_cases import CASES, build_model, write_case  # noqa: E402
+
+CONFIGS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+           ("openvino", "int8")]
+WIDTHS = [1.0, 0.5, 0.25, 0.125]
 
 
-def _ellipsoid(shape, spacing, radii_mm, center_mm=None):
-    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
-    center_mm = center_mm or [s * sp / 2 for s, sp in zip(shape, spacing, strict=True)]
-    r = sum(((g * sp - c) / rad) ** 2 for g, sp, c, rad in zip(grids, spacing, center_mm, radii_mm, strict=True))
-    return r < 1
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
-def write_case(name: str, root: Path) -> list[Path]:
-    from distillation.phantoms.dicom import StudyInfo, write_series
-
-    case = CASES[name]
-    shape, spacing = case["shape"], case["spacing"]
-    a = np.zeros((4, 4))  # k -> z (S), i -> y (P), j -> x (L)
-    a[:3, 0] = [0, 0, spacing[0]]
-    a[:3, 1] = [0, spacing[1], 0]
-    a[:3, 2] = [spacing[2], 0, 0]
-    a[:3, 3] = [-shape[2] * spacing[2] / 2, -shape[1] * spacing[1] / 2, -shape[0] * spacing[0] / 2]
-    a[3, 3] = 1
-    rng = np.random.default_rng(0)
-    study = StudyInfo.synthetic(11, "brain" if name == "mr" else "ct")
-    dirs = []
-    if name == "mr":
-        head = _ellipsoid(shape, spacing, (70, 95, 80))
-        for n, ch in enumerate(case["channels"]):
-            img = np.where(head, 400 + 60 * n + rng.normal(0, 30, shape), 0).clip(0, 4000).round().astype(np.float32)
-            write_series(img, a, root / ch, modality="MR", series_description=ch, study=study, series_number=n + 1)
-            dirs.append(root / ch)
-    else:
-        body = _ellipsoid(shape, spacing, (400, 150, 190))
-        liver = _ellipsoid(shape, spacing, (80, 60, 70), [225, 190, 140])
-        img = np.where(body, 40 + rng.normal(0, 15, shape), -1000.0)
-        img[liver] += 60
-        write_series(img.astype(np.float32), a, root / "CT", modality="CT", series_description="CT ABDOMEN",
-                     study=study)
-        dirs.append(root / "CT")
-    return dirs
+def sgemm_rate(n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n×n fp32 matmul (numpy's BLAS, all its threads)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
-def build_model(name: str, width: float, path: Path) -> Path:
-    from distillation.export import export_onnx
-    from distillation.export.card import make_card
-    from distillation.networks.build import build_network, default_plans_arch
+def window_matrix(tmp: Path, widths: list[float], reps: int, threads: int) -> tuple[list[dict], dict]:
+    from distillation.export import quantize_int8
+    from pacsnode.inference import Model
 
-    case = CASES[name]
-    k = len(case["labels"]) + 1
-    arch = default_plans_arch((128, 128, 128), case["target"], len(case["channels"]), k)
-    net = build_network("PlainConvUNet", arch["arch_kwargs"], len(case["channels"]), k, width_factor=width,
-                        deep_supervision=False).eval()
-    if name == "mr":
-        norm = [{"scheme": "zscore", "use_nonzero_mask": True}] * 4
-    else:
-        norm = [{"scheme": "ct", "clip": [-958.0, 327.0], "mean": 60.0, "std": 150.0}]
-    card = make_card(name=f"bench-{name}-w{width:g}", version="0.0.0", channel_names=case["channels"],
-                     labels=case["labels"], target_spacing=case["target"], patch_size=(128, 128, 128),
-                     normalization=norm, crop_to_nonzero=True,
-                     modalities=["MR"] * 4 if name == "mr" else ["CT"],
-                     provenance={"teacher": "none (random init)", "width_factor": width})
-    if name == "ct":
-        card["inputs"][0]["series_description"] = "(?i)ct"
-    params = sum(p.numel() for p in net.parameters())
-    export_onnx(net, card, path, check=False)
-    print(f"  built {path.name}: PlainConvUNet width {width:g}, {params / 1e6:.2f} M parameters", flush=True)
-    return path
+    rows, meta = [], {"sgemm_before": sgemm_rate(), "load_before": load1()}
+    x = np.random.default_rng(0).standard_normal((1, 4, 128, 128, 128), dtype=np.float32)
+    calib = [np.random.default_rng(s).standard_normal((4, 64, 64, 64), dtype=np.float32) for s in (1, 2)]
+    for width in widths:
+        path, gflops, params = build_model("mr", width, tmp / f"win-w{width:g}.onnx", gflops_patch=(128, 128, 128))
+        int8 = tmp / f"win-w{width:g}-int8.onnx"
+        quantize_int8(path, int8, calib, min_channels=16)
+        for backend, precision in CONFIGS:
+            file = int8 if precision == "int8" else path
+            model = Model.load(file, threads=threads, backend=backend, precision=precision, measuring_evidence=True)
+            model.predict(x)
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                model.predict(x)
+                times.append(time.perf_counter() - t)
+            del model
+            s = statistics.median(times)
+            rows.append({"width": width, "params_m": params / 1e6, "gflops": gflops, "backend": backend,
+                         "precision": precision, "seconds": s, "gflop_s": gflops / s, "load": load1()})
+            print(f"  window w{width:g} {backend} {precision}: {s:.3f} s, {gflops / s:.0f} GFLOP/s "
+                  f"(load {load1()})", flush=True)
+    meta.update(sgemm_after=sgemm_rate(), load_after=load1())
+    meta["sgemm"] = (meta["sgemm_before"] + meta["sgemm_after"]) / 2
+    for r in rows:
+        r["share"] = r["gflop_s"] / meta["sgemm"]
+    return rows, meta
 
 
-def run_infer(model: Path, dirs: list[Path], out: Path, threads: int) -> dict:
-    # VmHWM of the child's own address space: ru_maxrss would carry over the forking parent's size
-    wrap = ("import sys; from pacsnode.cli import main; rc = main(sys.argv[1:]); "
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
-            "print('peak_rss_kb', hwm, file=sys.stderr); sys.exit(rc)")
-    cmd = [sys.executable, "-c", wrap, "infer", *map(str, dirs), "--model", str(model), "--out", str(out),
-           "--threads", str(threads), "--no-progress"]
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
-        p = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True, cwd=REPO,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        _, status, _usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fout.seek(0)
-        ferr.seek(0)
-        stdout, stderr = fout.read(), ferr.read()
-    wall = time.perf_counter() - t0
+WORKER = r"""
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from pacsnode.inference import Model, run
+from pacsnode.results.run_outputs import seg_for_run, sr_for_run
+from pacsnode.volume import read_series, select_series
+model_file, backend, precision, threads, out = sys.argv[1:6]
+dirs = sys.argv[6:]
+t = time.perf_counter()
+model = Model.load(model_file, threads=int(threads), backend=backend, precision=precision, measuring_evidence=True)
+load_s = time.perf_counter() - t
+t = time.perf_counter()
+chosen = select_series(dirs, model.card.inputs)
+volumes = [read_series(chosen[ch.name].files) for ch in model.card.inputs]
+read_s = time.perf_counter() - t
+pred = run(model, volumes)
+t = time.perf_counter()
+seg = seg_for_run(volumes, pred, model.card, model_sha256=model.sha256)
+seg.save_as(Path(out) / "seg.dcm", enforce_file_format=True)
+sr_for_run(seg, volumes, pred, model.card, model_sha256=model.sha256).save_as(Path(out) / "sr.dcm",
+                                                                           enforce_file_format=True)
+write_s = time.perf_counter() - t
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print("RESULT", json.dumps({"load_model": load_s, "read": read_s, **pred.timings, "seg_sr": write_s,
+      "windows": pred.windows, "frames": int(seg.NumberOfFrames), "peak_mb": int(hwm) / 1024,
+      "backend": model.backend, "precision": model.precision}))
+"""
+
+
+def run_case(model: str, dirs: list[Path], backend: str, precision: str, threads: int, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", WORKER, model, backend, precision, str(threads), str(out), *map(str, dirs)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if p.returncode != 0:
-        raise SystemExit(f"pacsnode infer failed ({p.returncode}):\n{stderr}")
-    peak_kb = int(re.search(r"peak_rss_kb (\d+)", stderr).group(1))
-    line = stdout.split("timings", 1)[1].splitlines()[0]
-    timings = {k.strip(): float(v) for k, v in re.findall(r"([a-z_ ]+) ([0-9.]+) s", line) if k.strip() != "total"}
-    windows = int(re.search(r"(\d+) window", stdout).group(1))
-    return {"timings": timings, "windows": windows, "peak_mb": peak_kb / 1024, "wall": wall, "stdout": stdout}
+        raise SystemExit(f"case run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    r = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT"))[7:])
+    r["pre"] = r["align"] + r["preprocess"]
+    r["post"] = r["resample_back"] + r["postprocess"]
+    r["prepost_share"] = (r["pre"] + r["post"]) / r["network"]
+    r["case_s"] = r["read"] + r["pre"] + r["network"] + r["post"] + r["seg_sr"]
+    return r
+
+
+def whole_cases(tmp: Path, args: argparse.Namespace) -> list[dict]:
+    plan = [("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "onnxruntime", "fp32"),
+            ("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "openvino", "fp32"),
+            ("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "openvino", "bf16")]
+    for width in (1.0, 0.25):
+        for precision in ("fp32", "bf16"):
+            plan.append(("mr", width, f"random w{width:g} (1 mm)", "openvino", precision))
+    ct_widths = [1.0, 0.25] if args.ct_teacher else [0.25]
+    for width in ct_widths:
+        for precision in ("fp32", "bf16"):
+            plan.append(("ct", width, f"random w{width:g} (1.5 mm)", "openvino", precision))
+    rows, dirs, models = [], {}, {}
+    for case, model, label, backend, precision in plan:
+        if case not in dirs:
+            t = time.perf_counter()
+            dirs[case] = write_case(case, tmp / case)
+            print(f"{case}: wrote {CASES[case]['shape']} in {time.perf_counter() - t:.1f} s", flush=True)
+        if not isinstance(model, str):
+            key = (case, model)
+            if key not in models:
+                models[key] = str(build_model(case, model, tmp / f"{case}-w{model:g}.onnx")[0])
+            model = models[key]
+        before = load1()
+        r = run_case(model, dirs[case], backend, precision, args.threads, tmp / "out")
+        r.update(case=case, model=label, load=round((before + load1()) / 2, 2))
+        rows.append(r)
+        print(f"  {case} {label} {r['backend']} {r['precision']}: network {r['network']:.1f} s ({r['windows']} windows), "
+              f"read {r['read']:.1f}, pre {r['pre']:.1f}, post {r['post']:.1f}, SEG+SR {r['seg_sr']:.1f} s, "
+              f"peak {r['peak_mb']:.0f} MB (load {r['load']})", flush=True)
+    return rows
+
+
+def demo(repeats: int) -> list[dict]:
+    import contextlib
+    import io
+
+    from pacsnode.demo.run import run_demo
+
+    out = []
+    for i in range(repeats):
+        before = load1()
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = run_demo(seed=100 + i)
+        s = dict(result.stages)
+        total = s["total: last instance → stored in PACS"] - s["stable timer"]
+        out.append({"stages": s, "total": total, "load": round((before + load1()) / 2, 2),
+                    "windows": result.run["windows"]})
+        print(f"  demo run {i + 1}: {total:.2f} s without the stable timer (load {out[-1]['load']})", flush=True)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=["mr", "ct"], choices=sorted(CASES))
-    ap.add_argument("--widths", nargs="+", type=float, default=[0.25, 0.125])
-    ap.add_argument("--model", action="append", default=[], help="CASE=FILE (a trained model) instead of random U-Nets")
+    ap.add_argument("--widths", nargs="+", type=float, default=WIDTHS)
+    ap.add_argument("--reps", type=int, default=3, help="timed windows per configuration (after one warm-up)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ct-teacher", action="store_true", help="also the width-1 model on the CT (~3-5 min)")
+    ap.add_argument("--demo-repeats", type=int, default=2)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["windows", "cases", "demo"])
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "inference.md")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     args = ap.parse_args()
-    given = dict(m.split("=", 1) for m in args.model)
-    rows = []
+    results: dict = {"command": " ".join([".venv/bin/python", "benchmarks/inference.py", *sys.argv[1:]]),
+                     "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu(), "load_start": load1()}
     with tempfile.TemporaryDirectory(prefix="pacsnode-bench-") as tmp:
         tmp = Path(tmp)
-        for name in args.cases:
-            t0 = time.perf_counter()
-            dirs = write_case(name, tmp / name)
-            print(f"{name}: wrote {CASES[name]['shape']} series in {time.perf_counter() - t0:.1f} s", flush=True)
-            models = ([(Path(given[name]), "given")] if name in given
-                      else [(build_model(name, w, tmp / f"{name}-w{w:g}.onnx"), f"random PlainConvUNet ×{w:g}")
-                            for w in args.widths])
-            for model, label in models:
-                r = run_infer(model, dirs, tmp / "out", args.threads)
-                t = r["timings"]
-                pipeline = sum(v for k, v in t.items() if k not in ("load model", "read", "write"))
-                prepost = pipeline - t["network"]
-                row = {"case": name, "model": label, "windows": r["windows"],
-                       "ms_window": 1000 * t["network"] / r["windows"], "read": t["read"],
-                       "pre": t["align"] + t["preprocess"], "network": t["network"],
-                       "post": t["resample_back"] + t["postprocess"], "pipeline": pipeline,
-                       "share": prepost / pipeline, "total": sum(t.values()), "peak_mb": r["peak_mb"]}
-                rows.append(row)
-                print(f"  {label}: {row['windows']} windows, {row['ms_window']:.0f} ms/window, pipeline "
-                      f"{pipeline:.1f} s (pre {row['pre']:.1f} s, post {row['post']:.1f} s, share "
-                      f"{row['share']:.0%}), total {row['total']:.1f} s, peak RSS {row['peak_mb']:.0f} MB", flush=True)
-    write_report(args, rows)
+        if "windows" not in args.skip:
+            results["windows"], results["window_meta"] = window_matrix(tmp, args.widths, args.reps, args.threads)
+        if "cases" not in args.skip:
+            results["cases"] = whole_cases(tmp, args)
+    if "demo" not in args.skip:
+        results["demo"] = demo(args.demo_repeats)
+    results["load_end"] = load1()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    from benchmarks.inference_report import write_report
+
+    write_report(results, args.out)
+    print(f"wrote {args.out}")
     return 0
 
 
-NOTES = [
-    "Notes:",
-    "- ms/window depends heavily on load: the 2-vCPU machine was shared with five other engineers' tests "
-    "(load average 2-6) while these ran; DESIGN.md §6 measured 0.74 s (width 1/4) and 0.30 s (width 1/8) "
-    "per 128³ window on an idle machine. Pre/post timings are CPU-bound numpy/scipy and scale the same way.",
-    "- Memory: aggregation is float32 on the preprocessed grid; the way back resamples logits class by class "
-    "in slabs of 16 source slices (order 1, separable) and keeps a running max/argmax, so no [K, source grid] "
-    "array exists unless probabilities are asked for. ONNX Runtime's CPU arena is off so window activations "
-    "are not held after the network step.",
-    "- As current nnU-Net v2, logits (not probabilities) are resampled back, then softmax/argmax.",
-]
-
-
-def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
+def _cpu() -> str:
     import onnxruntime
+    import openvino
 
-    lines = [
-        "# Inference benchmark",
-        "",
-        f"`{' '.join(['.venv/bin/python', 'benchmarks/inference.py', *sys.argv[1:]])}` — each row is one "
-        f"`pacsnode infer` process with {args.threads} ONNX Runtime threads (ORT {onnxruntime.__version__}, "
-        f"{os.cpu_count()} CPUs visible, shared machine), {time.strftime('%Y-%m-%d')}.",
-        "",
-        "Cases: brain MR 4 × 155×240×240 at 1 mm (z-score over the nonzero mask, target 1 mm); abdominal CT "
-        "300×512×512 at 1.5 × 0.8 × 0.8 mm (CT clip + normalize, target 1.5 mm isotropic). Patch 128³, step 0.5, "
-        "no mirroring. Models are randomly initialised nnU-Net-shaped PlainConvUNets unless named: latency "
-        "does not depend on the weights.",
-        "",
-        "*pre* = align channels + crop/normalize/resample; *post* = resample back + argmax + "
-        "post-processing; *share* = (pre + post) / (pre + network + post); *total* adds model load, DICOM "
-        "read and NIfTI write. Targets: CT peak memory < 2 GB, share < 25 %.",
-        "",
-        "| case | model | windows | ms/window | read s | pre s | network s | post s | share | total s | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['model']} | {r['windows']} | {r['ms_window']:.0f} | {r['read']:.1f} | "
-                     f"{r['pre']:.1f} | {r['network']:.1f} | {r['post']:.1f} | {r['share']:.0%} | "
-                     f"{r['total']:.1f} | {r['peak_mb']:.0f} |")
-    lines += ["", *NOTES]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni") if f" {f}" in flags]
+    return (f"{model}, {os.cpu_count()} CPUs ({', '.join(isa)}); ONNX Runtime {onnxruntime.__version__}, "
+            f"OpenVINO {openvino.__version__.split('-')[0]}, numpy {np.__version__}")
 
 
 if __name__ == "__main__":

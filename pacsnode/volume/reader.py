@@ -113,6 +113,33 @@ def _read_headers(files: Sequence[Path], *, pixels: bool) -> list[Dataset]:
     return out
 
 
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # Implicit / Explicit VR Little Endian
+
+
+def _native_plane(ds: Dataset) -> np.ndarray | None:
+    """The one grayscale plane of an uncompressed single-frame instance, read straight from its
+    bytes (~20x cheaper than pydicom's pixel pipeline for a 240² MR slice); None where pydicom
+    must decode (compressed, multi-frame, colour, or signed values narrower than their bits)."""
+    try:
+        if (str(ds.file_meta.TransferSyntaxUID) not in _NATIVE_LE or int(ds.get("NumberOfFrames", 1) or 1) != 1
+                or int(ds.SamplesPerPixel) != 1):
+            return None
+        bits, stored, signed = int(ds.BitsAllocated), int(ds.BitsStored), int(ds.PixelRepresentation) == 1
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits not in (8, 16, 32) or (signed and stored != bits):
+        return None
+    data = ds.PixelData
+    need = rows * cols * bits // 8
+    if not isinstance(data, bytes) or len(data) < need:
+        return None
+    plane = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=rows * cols)
+    if stored < bits and int(plane.max(initial=0)) >> stored:
+        return None  # bits above BitsStored set: let pydicom decide what they mean
+    return plane.reshape(rows, cols)
+
+
 def _float_list(value: Any, n: int, what: str) -> list[float]:
     try:
         vals = [float(v) for v in value]
@@ -337,7 +364,8 @@ def read_series(
             decoded.clear()  # keep at most one instance's pixels in memory
             ds = datasets[fr.dataset_index]
             try:
-                decoded[fr.dataset_index] = ds.pixel_array
+                native = _native_plane(ds)
+                decoded[fr.dataset_index] = native if native is not None else ds.pixel_array
             except Exception as exc:  # decoders raise many types
                 ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
                 raise VolumeError(
