@@ -55,6 +55,7 @@ def _session(d: Destination) -> requests.Session:
 def _client(d: Destination, timeout: float) -> DICOMwebClient:
     client = DICOMwebClient(url=d.url.rstrip("/"), session=_session(d))
     client._timeout = timeout  # dicomweb-client has no constructor argument for it
+    client.set_http_retry_params(retry=False)  # the outbox's policy retries, not five quick tries here
     return client
 
 
