@@ -13,6 +13,7 @@ dict is never mutated.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 import types
@@ -410,6 +411,23 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: str, key: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` in a path, from the environment (systemd's
+    StateDirectory= sets STATE_DIRECTORY); an unset variable without a default names the key."""
+    def one(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{key} must name environment variables that are set, got ${{{name}}} unset; "
+                          f"give a default: ${{{name}:-/path}}")
+    return _ENV_RE.sub(one, value)
+
+
 def _convert(tp: Any, value: Any, key: str, base_dir: Path | None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -442,7 +460,7 @@ def _convert(tp: Any, value: Any, key: str, base_dir: Path | None) -> Any:
     if tp is Path:
         if not isinstance(value, str) or value == "":
             raise ConfigError(f"{key} must be a path (string), got {value!r}")
-        p = Path(value).expanduser()
+        p = Path(_expand_env(value, key)).expanduser()
         if base_dir is not None and not p.is_absolute():
             p = base_dir / p
         return p

@@ -11,7 +11,8 @@ need_apt=()
 # rsyslog with its TLS driver: the audit repository of the ATNA tests (tests/syslog_receiver.py)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need_apt+=(rsyslog-gnutls)
 for tool in /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/dcm2niix \
-    /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/promtool; do
+    /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/promtool \
+    /usr/bin/systemd-analyze /usr/bin/setpriv; do
   [ -e "$tool" ] || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,6 +25,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # the status page's tests drive a real headless chromium; promtool (in prometheus) lints /metrics
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     chromium prometheus >/dev/null
+  # tests/test_deploy.py checks the unit with systemd-analyze; tests run `nobody` through setpriv
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    systemd util-linux >/dev/null
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     $SUDO systemctl stop prometheus || true
   fi
