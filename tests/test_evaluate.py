@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from distillation.cli import main as distill_main  # noqa: E402
@@ -22,7 +24,6 @@ from distillation.evaluate import (  # noqa: E402
     structure_metrics,
 )
 from distillation.export import export_onnx, make_card  # noqa: E402
-from distillation.networks import build_network, default_plans_arch  # noqa: E402
 
 
 def _cube(shape: tuple[int, int, int], lo: tuple[int, int, int], size: int) -> np.ndarray:
@@ -86,6 +87,21 @@ def _write_nifti(array_kij: np.ndarray, spacing: tuple[float, float, float], pat
     nib.save(nib.Nifti1Image(array_kij.transpose(2, 1, 0), affine_ras), str(path))
 
 
+class _FlairThreshold(torch.nn.Module):
+    """A model of known output: lesion wherever the z-scored FLAIR (channel 1) is above its mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 1] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
     root = tmp_path / "Dataset900_Tiny"
     (root / "imagesTs").mkdir(parents=True)
@@ -93,34 +109,42 @@ def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "FLAIR"},
                                                    "labels": {"background": 0, "lesion": 1},
                                                    "file_ending": ".nii.gz", "numTraining": 0}))
-    rng = np.random.default_rng(0)
-    for i in range(2):
+    for i, shift in enumerate((0, 2)):  # FLAIR's bright cube: on the lesion, then 2 voxels beside it
         lab = np.zeros((20, 24, 24), dtype=np.uint8)
-        lab[6:14, 8:16, 8 + i:16 + i] = 1
-        for c in range(2):
-            img = rng.normal(100, 10, lab.shape).astype(np.float32) + 50 * lab
-            _write_nifti(img, (2.0, 1.0, 1.0), root / "imagesTs" / f"case_{i:03d}_{c:04d}.nii.gz")
-        _write_nifti(lab, (2.0, 1.0, 1.0), root / "labelsTs" / f"case_{i:03d}.nii.gz")
+        lab[6:14, 8:16, 8:16] = 1
+        flair = np.zeros_like(lab)
+        flair[6:14, 8:16, 8 + shift:16 + shift] = 1
+        for c, bright in enumerate((lab, flair)):
+            _write_nifti(100 + 50 * bright.astype(np.float32), (2.0, 2.0, 2.0),
+                         root / "imagesTs" / f"case_{i:03d}_{c:04d}.nii.gz")
+        _write_nifti(lab, (2.0, 2.0, 2.0), root / "labelsTs" / f"case_{i:03d}.nii.gz")
     cases = list(iter_cases(root, "Ts"))
     assert [c.identifier for c in cases] == ["case_000", "case_001"]
-    assert cases[0].load_volumes()[0].spacing == (2.0, 1.0, 1.0)
+    assert cases[0].load_volumes()[0].spacing == (2.0, 2.0, 2.0)
     assert cases[0].load_label().shape == (20, 24, 24)
 
-    arch = default_plans_arch((16, 16, 16), (2.0, 2.0, 2.0), 2, 2)
-    net = build_network(arch["network_class_name"], arch["arch_kwargs"], 2, 2, width_factor=0.125)
     card = make_card(name="tiny", version="0.0.1", channel_names=["T1", "FLAIR"], labels={"lesion": 1},
                      target_spacing=(2.0, 2.0, 2.0), patch_size=(16, 16, 16),
                      normalization=[{"scheme": "zscore", "use_nonzero_mask": False}] * 2)
-    export_onnx(net, card, tmp_path / "tiny.onnx")
+    export_onnx(_FlairThreshold(), card, tmp_path / "tiny.onnx")
     out = tmp_path / "results.json"
-    rc = distill_main(["evaluate", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--out", str(out),
-                       "--no-progress"])
-    assert rc == 0
+    # as a researcher runs it: a table on stdout and nothing on stderr (no MONAI FutureWarning)
+    r = subprocess.run([sys.executable, "-m", "distillation.cli", "evaluate", str(tmp_path / "tiny.onnx"),
+                        "--dataset", str(root), "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"2 cases of {root} (imagesTs), ") and lines[0].endswith(f"written to {out}")
+    assert lines[2].split() == ["structure", "Dice", "HD95", "mm", "NSD@1mm", "HD95", "inf", "cases"]
+    assert lines[4].split()[:2] == ["Lesion", "0.875"] and lines[4].split()[-2:] == ["0", "2"]
     res = json.loads(out.read_text())
     assert sorted(res["cases"]) == ["case_000", "case_001"]
     assert set(res["summary"]) == {"Lesion"}
+    assert [res["cases"][c]["Lesion"]["dice"] for c in ("case_000", "case_001")] == [1.0, 0.75]  # 2*384/1024
+    assert [res["cases"][c]["Lesion"]["predicted_voxels"] for c in ("case_000", "case_001")] == [512, 512]
     for case in res["cases"].values():
-        assert 0.0 <= case["Lesion"]["dice"] <= 1.0 and case["Lesion"]["reference_voxels"] == 512
+        assert case["Lesion"]["reference_voxels"] == 512
+    assert res["summary"]["Lesion"]["dice"]["mean"] == 0.875
     assert "one empty" in res["settings"]["empty_mask_convention"]
     # the same model and case, as a picture
     png = tmp_path / "case.png"

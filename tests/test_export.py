@@ -4,9 +4,12 @@ exported student through `distill export`, `pacsnode model check` and `pacsnode 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -94,12 +97,17 @@ def test_int8_keeps_card_and_runs(tmp_path: Path) -> None:
     assert model.card.provenance["quantization"]["quantized_convs"] == len(report.quantized_nodes)
     assert model.predict(windows[0][None]).shape == (1, 4, 32, 32, 32)
     cmp = int8_report(tmp_path / "s.onnx", tmp_path / "s8.onnx", windows[:1])
-    assert cmp["windows"] == 1 and 0.0 <= cmp["voxel_agreement"] <= 1.0 and cmp["speedup"] > 0
+    # random weights, seeded: 0.964 of voxels agree here; trained students agree more
+    assert cmp["windows"] == 1 and cmp["voxel_agreement"] >= 0.95 and cmp["speedup"] > 0
+    logits = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": windows[0][None]})[0] for f in ("s.onnx", "s8.onnx")]
+    assert np.abs(logits[0] - logits[1]).max() <= 0.1 * np.abs(logits[0]).max()  # 0.44 of 6.2 here
+    assert stat.S_IMODE((tmp_path / "s8.onnx").stat().st_mode) == 0o666 & ~_umask()
     with pytest.raises(ValueError, match="at least one convolution with >= 4096 channels"):
         quantize_int8(tmp_path / "s.onnx", tmp_path / "s9.onnx", windows, min_channels=4096)
 
 
-def test_distill_export_then_pacsnode_check_and_infer(tmp_path: Path) -> None:
+def test_distill_export_then_pacsnode_check_and_infer(tmp_path: Path, capsys) -> None:
     from distillation.phantoms import generate_brain_case
     from distillation.phantoms.dicom import write_study
     from pacsnode.cli import main as pacsnode_main
@@ -123,4 +131,95 @@ def test_distill_export_then_pacsnode_check_and_infer(tmp_path: Path) -> None:
                         *[str(Path(files[0]).parent) for files in series.values()]])
     assert rc == 0
     assert any(result.iterdir())
-    assert json.loads(json.dumps(card))["labels"][0]["name"] == "Edema"
+    assert card["labels"][0]["name"] == "Edema" and card["inputs"][0]["series_description"] == "^T1$"
+
+    # A site whose scanner names series "AX T1 MPRAGE" etc.: the default selectors find none of them
+    site_study = tmp_path / "site-study"
+    for channel, files in series.items():
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.SeriesDescription = SCANNER_NAMES[channel]
+            target = site_study / Path(f).parent.name / Path(f).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target)
+    series_dirs = [str(d) for d in sorted(site_study.iterdir())]
+    assert pacsnode_main(["infer", "--model", str(out), "--out", str(tmp_path / "r0"), "--no-progress",
+                          *series_dirs]) == 2
+    # ... so the model is exported with the site's selectors, a label code and a partial card merged
+    patch = tmp_path / "site.json"
+    patch.write_text(json.dumps({"description": "Site build for scanner AX names.",
+                                 "inputs": [{"name": "T2", "series_description": "(?i)^ax t2 tse$"}],
+                                 "labels": [{"value": 3, "color": [10, 20, 30]}],
+                                 "provenance": {"site": "radiology 2"}}))
+    site = tmp_path / "site.onnx"
+    capsys.readouterr()
+    old = os.umask(0o022)
+    try:
+        assert distill_main(["export", str(ckpt), "--out", str(site), "--merge-card", str(patch),
+                             "--input-selector", "T1=(?i)^ax t1 mprage$", "--input-selector",
+                             "t1ce=(?i)^ax t1 mprage (gd|post)", "--input-selector", "FLAIR=(?i)flair",
+                             "--label-code", "Edema=SCT:79654002:Oedema", "--label-category",
+                             "2=SCT:49755003:Morphologically abnormal structure"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(site.stat().st_mode) == 0o644  # the node's service user reads it
+    card = read_card(site)
+    assert [c["series_description"] for c in card["inputs"]] == [
+        "(?i)^ax t1 mprage$", "(?i)^ax t1 mprage (gd|post)", "(?i)^ax t2 tse$", "(?i)flair"]
+    assert card["labels"][0]["type"] == {"scheme": "SCT", "value": "79654002", "meaning": "Oedema"}
+    assert card["labels"][1]["category"]["meaning"] == "Morphologically abnormal structure"
+    assert card["labels"][2]["color"] == [10, 20, 30] and card["labels"][2]["name"] == "Enhancing tumor"
+    assert card["description"] == "Site build for scanner AX names."
+    assert card["provenance"]["site"] == "radiology 2" and card["provenance"]["kd_method"] == "logit"
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[5:7] == ["input T1     (?i)^ax t1 mprage$", "input T1ce   (?i)^ax t1 mprage (gd|post)"]
+    assert shown[9] == 'label 1      Edema: SCT 79654002 "Oedema"'
+    rc = pacsnode_main(["infer", "--model", str(site), "--out", str(tmp_path / "r1"), "--no-progress", "--seg", "binary",
+                        *series_dirs])
+    assert rc == 0
+    [seg_file] = (tmp_path / "r1").glob("*_seg.dcm")
+    segment = pydicom.dcmread(seg_file).SegmentSequence[0]
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Oedema"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+SCANNER_NAMES = {"T1": "AX T1 MPRAGE", "T1ce": "AX T1 MPRAGE POST", "T2": "AX T2 TSE", "FLAIR": "AX FLAIR"}
+
+
+def test_card_edits_refuse_what_the_card_does_not_have(tmp_path: Path, capsys) -> None:
+    arch = _arch()
+    ckpt = save_checkpoint(tmp_path / "student.pt", _student(), network_class_name=arch["network_class_name"],
+                           arch_kwargs=arch["arch_kwargs"], input_channels=4, num_classes=4, width_factor=0.125,
+                           card=_card())
+    out = tmp_path / "x.onnx"
+    cases = [
+        (["--input-selector", "T3=x"], "--input-selector must name an input channel of the card, got 'T3'; "
+                                       "valid: T1, T1ce, T2, FLAIR"),
+        (["--input-selector", "T1"], "--input-selector must be NAME=REGEX, e.g. 'T1=(?i)mprage', got 'T1'"),
+        (["--input-selector", "T1=(unclosed"], "--input-selector T1 must give a valid regular expression "
+                                               "(missing ), unterminated subpattern at position 0), got '(unclosed'"),
+        (["--label-code", "Edema=SCT:79654002"], "--label-code must be LABEL=SCHEME:VALUE:MEANING, e.g. "
+                                                 "'Edema=SCT:79654002:Edema', got 'Edema=SCT:79654002'"),
+        (["--label-category", "7=SCT:1:x"], "--label-category must name a label of the card by value or name, got "
+                                            "'7'; valid: 1 (Edema), 2 (Necrotic core), 3 (Enhancing tumor)"),
+        (["--merge-card", str(tmp_path / "none.json")], "--merge-card must be an existing JSON file, got "
+                                                        f"'{tmp_path / 'none.json'}'"),
+    ]
+    for extra, message in cases:
+        assert distill_main(["export", str(ckpt), "--out", str(out), *extra]) == 2, extra
+        assert capsys.readouterr().err == f"distill: error: {message}\n"
+    patch = tmp_path / "p.json"
+    patch.write_text(json.dumps({"labels": [{"value": 9, "color": [1, 2, 3]}]}))
+    assert distill_main(["export", str(ckpt), "--out", str(out), "--merge-card", str(patch)]) == 2
+    assert capsys.readouterr().err == ("distill: error: --merge-card labels entries must match the card's by "
+                                       "value, got 9; valid: 1, 2, 3\n")
+    patch.write_text(json.dumps({"inputs": [{"name": "T1", "selector": "x"}]}))
+    assert distill_main(["export", str(ckpt), "--out", str(out), "--merge-card", str(patch)]) == 2
+    assert capsys.readouterr().err == ("distill: error: model card field inputs[0].selector is not a known key, "
+                                       "got 'selector'; valid: name, modality, series_description\n")
+    assert not out.exists()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
+
+from distillation.cli.card_options import add_card_options, apply_card_options
+from distillation.cli.output import add_json_option, emit, fields
 
 __all__ = ["register"]
 
@@ -26,8 +27,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mirror", action="store_true",
                    help="test-time mirroring on the axes the trainer allows (nnU-Net's default; 8x slower)")
     p.add_argument("--tile-step", type=float, default=0.5, help="sliding-window step (default 0.5)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
+    add_card_options(p)
+    add_json_option(p)
     p.set_defaults(func=_run)
 
 
@@ -38,18 +41,28 @@ def _run(args: argparse.Namespace) -> int:
     imported = import_nnunet(args.folder, fold=fold, configuration=args.configuration,
                              checkpoint_name=args.checkpoint, name=args.name, version=args.version,
                              tile_step=args.tile_step)
+    from dataclasses import replace
+
+    from distillation.export import validate_card
+
+    card = apply_card_options(imported.card, args)
     if args.mirror and imported.inference_mirror_axes:
-        from dataclasses import replace
-
-        from distillation.export import validate_card
-
-        card = validate_card({**imported.card, "mirror_axes": list(imported.inference_mirror_axes)})
-        imported = replace(imported, card=card)
+        card["mirror_axes"] = list(imported.inference_mirror_axes)
+    imported = replace(imported, card=validate_card(card))
     report = imported.export(args.out, opset=args.opset, check=not args.no_check)
+    card = imported.card
     summary: dict[str, Any] = {"onnx": report.to_dict(), "card": {
-        "name": imported.card["name"], "labels": [lab["name"] for lab in imported.card["labels"]],
-        "target_spacing": imported.card["target_spacing"], "patch_size": imported.card["patch_size"]}}
+        "name": card["name"], "labels": [lab["name"] for lab in card["labels"]],
+        "inputs": {c["name"]: c["series_description"] for c in card["inputs"]},
+        "target_spacing": card["target_spacing"], "patch_size": card["patch_size"]}}
     if args.teacher_out:
         summary["teacher"] = str(imported.save_teacher(args.teacher_out))
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    rows: list[tuple[str, Any]] = [
+        ("model", report.path), ("name", f"{card['name']} {card['version']}"), ("parameters", report.parameters),
+        ("sha256", report.sha256), ("labels", ", ".join(summary["card"]["labels"])),
+        ("target spacing (mm)", card["target_spacing"]), ("patch size", card["patch_size"])]
+    rows += [(f"input {name}", rx) for name, rx in summary["card"]["inputs"].items()]
+    if args.teacher_out:
+        rows.append(("teacher checkpoint", summary["teacher"]))
+    emit(args, summary, fields(rows))
     return 0

@@ -10,11 +10,16 @@ Empty-mask convention (BraTS-style, stated once here and in docs/nnunet-parity.m
   aggregates average HD95 over finite cases only and report how many were infinite (``n_inf``).
 
 MONAI itself returns NaN or inf with a warning in those cases, so they never reach it.
+
+MONAI 1.5-1.6's HD95 and NSD pass a deprecated argument to their own ``get_mask_edges`` and warn
+(FutureWarning) on every call a caller cannot avoid (Project-MONAI/MONAI#9059); that one warning is
+silenced around the calls, nothing else.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +32,8 @@ __all__ = ["BRATS_REGIONS", "StructureMetrics", "dice", "structure_metrics", "ca
 # TEAM.md: whole tumor = {1,2,3}, tumor core = {2,3}, enhancing = {3}.
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing": (3,)}
 _BRAIN_TYPES = {"79654002", "6574001", "108369006"}
+# MONAI's own call to get_mask_edges with its deprecated argument (Project-MONAI/MONAI#9059)
+_MONAI_9059 = r".*get_mask_edges:always_return_as_numpy"
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,11 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     p = torch.from_numpy(pred)[None, None].float()
     r = torch.from_numpy(ref)[None, None].float()
     sp = [float(s) for s in spacing]
-    hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
-    nsd = float(compute_surface_dice(p, r, class_thresholds=[float(nsd_tolerance_mm)], include_background=True,
-                                     spacing=sp)[0, 0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MONAI_9059, category=FutureWarning)
+        hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)[0, 0])
+        nsd = float(compute_surface_dice(p, r, class_thresholds=[float(nsd_tolerance_mm)],
+                                         include_background=True, spacing=sp)[0, 0])
     return StructureMetrics(_monai_dice(p, r), hd95, nsd, n_ref, n_pred)
 
 

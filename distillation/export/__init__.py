@@ -9,6 +9,7 @@ from distillation.export.card import (
     make_card,
     validate_card,
 )
+from distillation.export.card_edits import edit_card, merge_card
 from distillation.export.onnx_export import (
     METADATA_KEY,
     ExportReport,
@@ -38,10 +39,12 @@ __all__ = [
     "calibration_windows_from_dir",
     "channel_entry",
     "compare_onnx_torch",
+    "edit_card",
     "export_onnx",
     "int8_report",
     "label_entry",
     "make_card",
+    "merge_card",
     "quantize_int8",
     "read_card",
     "select_nodes",

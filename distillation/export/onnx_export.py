@@ -126,7 +126,16 @@ def _set_card(model: Any, card: Mapping[str, Any]) -> None:
     entry.value = json.dumps(card, sort_keys=False)
 
 
+def _file_mode() -> int:
+    """The mode an ordinary new file gets under this process's umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _save_atomic(model: Any, path: Path) -> None:
+    """Write atomically (temp file in the same folder, then ``os.replace``) with an ordinary file's
+    mode, not mkstemp's 0600: a model file is read by the node's service user."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +143,7 @@ def _save_atomic(model: Any, path: Path) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
