@@ -13,7 +13,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from air_check import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - IHE AIR check of every SEG/SR written
+import skip_guard
+from air_check import pytest_sessionfinish as _air_sessionfinish
+from air_check import pytest_terminal_summary  # noqa: F401 - IHE AIR check of every SEG/SR written
 
 REPO = Path(__file__).resolve().parents[1]
 DCMTK_BIN = Path("/usr/bin")
@@ -53,3 +55,12 @@ def port() -> int:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def pytest_runtest_logreport(report) -> None:  # type: ignore[no-untyped-def]
+    skip_guard.record(report)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # type: ignore[no-untyped-def]
+    _air_sessionfinish(session, exitstatus)  # IHE AIR check of every SEG/SR the session wrote
+    skip_guard.check(session)  # CI=true: an unexpected skip fails the run
