@@ -150,7 +150,9 @@ def _node_config(tmp: Path, dest_port: int, audit: str) -> Path:
     config = write_node_config(tmp / "node.toml", state_dir=tmp / "state", port=free_port(),
                                model_file="builtin:none", destination=("STORESCP", "127.0.0.1", dest_port),
                                delivery={"backoff_seconds": 0.5, "max_backoff_seconds": 1.0, "probe_seconds": 0.5})
-    config.write_text(config.read_text() + "\n[audit]\n" + audit + "\n")
+    # the shipped config's [audit] section (copied by write_node_config) gives way to the test's
+    text = re.sub(r"\n\[audit\]\n(?:[^\[\n][^\n]*\n|\n)*", "\n", config.read_text())
+    config.write_text(text + "\n[audit]\n" + audit + "\n")
     return config
 
 
