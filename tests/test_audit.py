@@ -164,16 +164,16 @@ def _storescu(port: int, aet: str, *files: str) -> subprocess.CompletedProcess[s
 @pytest.mark.network
 def test_node_events_reach_rsyslog_over_udp_and_meet_the_schema(tmp_path: Path) -> None:
     rsyslog = Rsyslog(tmp_path / "rsyslog", tls_material(tmp_path / "tls"))
-    rsyslog.start()
     pacs_port = free_port()
     pacs_dir = tmp_path / "pacs"
     pacs_dir.mkdir()
-    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(pacs_dir), str(pacs_port)])
     ct = get_testdata_file("CT_small.dcm")
     config = _node_config(tmp_path, pacs_port, f'host = "127.0.0.1"\nport = {rsyslog.udp_port}\ntransport = "udp"')
     node = Node(load_settings(config))
-    node.start()
+    rsyslog.start()
+    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(pacs_dir), str(pacs_port)])
     try:
+        node.start()
         port = node.settings.node.port
         assert _storescu(port, "STORESCU", ct).returncode == 0
         refused = _storescu(port, "INTRUDER", ct)
@@ -192,12 +192,13 @@ def test_node_events_reach_rsyslog_over_udp_and_meet_the_schema(tmp_path: Path) 
         ledger.add_delivery(job.id, "pacs", result)
         node.dispatcher.submit(job.id, "pacs")
         wait_for(lambda: list(pacs_dir.iterdir()), 30, "the result at the destination")
+        node.stop()
+        lines = rsyslog.wait_for("udp", 6)
     finally:
         node.stop()
         pacs.terminate()
         pacs.wait(timeout=10)
-    lines = rsyslog.wait_for("udp", 6)
-    rsyslog.stop()
+        rsyslog.stop()
     msgs = [parse(line) for line in lines]
     got = sorted(summary(m) for m in msgs)
     assert got == sorted([
