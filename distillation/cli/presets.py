@@ -32,6 +32,6 @@ def presets_epilog(study: bool) -> str:
     width = max((len(n) for n, _ in presets), default=0)
     lines = ["bundled presets (pass the name, or the path of a .toml file of your own):"]
     for name, description in presets:
-        short = textwrap.shorten(description, max(40, 94 - width), placeholder=" ...")
+        short = textwrap.shorten(description, max(40, 94 - width), placeholder=" ...", break_on_hyphens=False)
         lines.append(f"  {name.ljust(width)}  {short}".rstrip())
     return "\n".join(lines)

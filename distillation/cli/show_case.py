@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from distillation.cli.output import add_json_option, emit, table
 
 __all__ = ["register"]
 
@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="Ts", choices=["Ts", "Tr"], help="images/labels split (default Ts)")
     p.add_argument("--channel", type=int, default=0, help="image channel drawn under the labels (default 0)")
     p.add_argument("--out", required=True, type=Path, help="PNG to write")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    add_json_option(p)
     p.set_defaults(func=_run)
 
 
@@ -54,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     names = {int(lab["value"]): lab["name"] for lab in model.card.to_dict()["labels"]}  # as `distill evaluate` names them
     out = case_figure(image, reference, predictions, args.out,
                       title=f"{args.case} ({args.dataset.name}, images{args.split})", label_names=names)
-    sys.stdout.write(json.dumps({"out": str(out), "slices": [{"slice": k, "why": why} for k, why in
-                                                             slices_to_show(reference, predictions)]}, indent=2) + "\n")
+    slices = [{"slice": k, "why": why} for k, why in slices_to_show(reference, predictions)]
+    emit(args, {"out": str(out), "slices": slices},
+         f"wrote {out}\n\n" + table(["slice", "why"], [(s["slice"], s["why"]) for s in slices]))
     return 0

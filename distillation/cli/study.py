@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from distillation.cli.output import add_json_option, emit, fields
+from distillation.cli.presets import presets_epilog
 
 __all__ = ["register"]
 
@@ -17,9 +18,9 @@ def register(subparsers: Any) -> None:
         description="Run a study preset (distillation/presets/study-*.toml or a file): generate phantoms, train "
                     "the teacher and every student (width x KD recipe x seed), export each to ONNX, score it on "
                     "the held-out cases and time it through pacsnode's inference, and write DOCS/<stem>.md with "
-                    "plots. Finished steps are skipped, so the same command resumes an interrupted study.")
-    p.add_argument("config", help="study preset file or bundled name (study-brain-small, study-brain-full, "
-                                  "study-ct-small)")
+                    "plots. Finished steps are skipped, so the same command resumes an interrupted study.",
+        epilog=presets_epilog(study=True), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="a bundled study preset name (listed below) or a study .toml file")
     p.add_argument("--work", required=True, type=Path, help="work folder for data, checkpoints and results")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the markdown and plots go (default docs)")
     p.add_argument("--teacher", type=Path, help="reuse this teacher checkpoint (same dataset and plan) "
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
                    help="start from the rows of an earlier run of this study (its DOCS/<stem>-results.json): "
                         "those runs are reported as measured, not retrained; the teacher is trained again and "
                         "must score as that run's teacher did")
+    add_json_option(p)
     p.set_defaults(func=_run)
 
 
@@ -53,7 +55,10 @@ def _run(args: argparse.Namespace) -> int:
                        max_students=args.max_students,
                        only=[n.strip() for n in args.runs.split(",") if n.strip()], measure=not args.no_measure,
                        results=args.results)
-    sys.stdout.write(json.dumps({"rows": len(result.rows), "pending": result.pending,
-                                 "results": str(result.results_json), "markdown": str(result.markdown),
-                                 "plots": [str(p) for p in result.plots]}, indent=2) + "\n")
+    data = {"rows": len(result.rows), "pending": result.pending, "results": str(result.results_json),
+            "markdown": str(result.markdown), "plots": [str(p) for p in result.plots]}
+    emit(args, data, fields([("runs reported", len(result.rows)),
+                             ("pending", ", ".join(result.pending) or "none"),
+                             ("results", result.results_json), ("report", result.markdown),
+                             *[("plot", p) for p in result.plots]]))
     return 0
