@@ -354,3 +354,29 @@ def test_config_init_writes_the_commented_example_and_never_overwrites(tmp_path:
                                 "replace it")
     out = run("config", "init", "-")
     assert out.stdout == (REPO / "config.toml").read_text()
+
+
+# --- CLI tables -----------------------------------------------------------------------------------
+
+
+def test_cli_tables_show_the_whole_failure_reason(tmp_path: Path) -> None:
+    from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
+
+    cfg = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    reason = ("VolumeError: every model input channel needs a series, got no series for T1ce (Modality MR, "
+              "SeriesDescription matching '(?i)^t1 ?(ce|c|gd|post)'); series found: T1 (MR)")
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+    try:
+        ledger.record_instance(InstanceRecord("9.1.1", "1.2.840.10008.5.1.4.1.1.4", "9.1", "9", tmp_path / "x.dcm", 1,
+                                              "1.2.840.10008.1.2.1"), SeriesAttributes("MR"),
+                               unit_uid="9", unit_kind="study")
+        ledger.complete_unit("9")
+        job = ledger.queue_job("9", route="brain-tumor-mr", model_name="brain-tumor", model_sha256="0" * 64)
+        ledger.start_job(job.id)
+        ledger.fail_job(job.id, reason)
+    finally:
+        ledger.close()
+    r = run("jobs", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[2].rstrip().endswith(reason)

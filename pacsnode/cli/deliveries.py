@@ -31,7 +31,7 @@ def _list(args: argparse.Namespace) -> int:
             print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
         else:
             print(table([[r.id, r.job_id, r.destination, Path(r.dataset_path).name, r.state.value,
-                          r.attempts, _when(r.updated_at), (r.last_error or "")[:60]] for r in rows],
+                          r.attempts, _when(r.updated_at), r.last_error or ""] for r in rows],
                         ["ID", "JOB", "DESTINATION", "FILE", "STATE", "TRIES", "UPDATED", "LAST ERROR"]))
     finally:
         ledger.close()

@@ -50,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
                              indent=2, default=str))
             return 0
         print(table([[u.uid, u.kind, u.state.value, u.generation, u.instance_count, u.route or "-",
-                      _when(u.last_received_at), (u.reason or "")[:60]] for u in units],
+                      _when(u.last_received_at), u.reason or ""] for u in units],
                     ["UNIT", "KIND", "STATE", "GEN", "INST", "ROUTE", "LAST RECEIVED", "REASON"]))
         print()
         print(table([[s.series_uid, s.modality, s.series_description[:32], s.instance_count, s.state.value]
@@ -64,5 +64,5 @@ def _status(args: argparse.Namespace) -> int:
 
 def jobs_table(jobs: list) -> str:
     return table([[j.id, j.unit_uid, j.model_name, j.state.value, j.attempts, _when(j.updated_at),
-                   (j.last_error or "")[:60]] for j in jobs],
+                   j.last_error or ""] for j in jobs],
                  ["JOB", "UNIT", "MODEL", "STATE", "TRIES", "UPDATED", "LAST ERROR"])
