@@ -380,3 +380,10 @@ def test_cli_tables_show_the_whole_failure_reason(tmp_path: Path) -> None:
     r = run("jobs", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[2].rstrip().endswith(reason)
+
+
+def test_the_demo_with_a_missing_model_is_one_line_exit_2_and_leaves_no_folder(tmp_path: Path) -> None:
+    r = run("demo", "--model", "/no/such/model.onnx", env={"TMPDIR": str(tmp_path)})
+    assert r.returncode == 2
+    assert one_error(r) == "model file must exist, got '/no/such/model.onnx'"
+    assert list(tmp_path.iterdir()) == []
