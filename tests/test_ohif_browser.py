@@ -136,3 +136,69 @@ def test_ohif_shows_the_seg_with_the_cards_names_colours_and_voxels(viewer_peers
     background = interior & (label == 0)
     assert background.sum() > 5000
     assert (seen[background] != 0).mean() < 0.01, "tint where the label map has no voxels"
+
+
+def test_demo_viewer_reopens_the_pacs_and_serves_the_seg(viewer_peers: Path, tmp_path: Path) -> None:
+    """What `pacsnode demo --viewer` does after the run: the PACS's storage re-opened with DICOMweb,
+    OHIF served against it, and a URL that names the study and the SEG series."""
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from pacsnode.demo.viewer import serve_viewer
+
+    labels = _label_map()
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    paths = write_series(np.full(SHAPE, 300, np.float32), affine, tmp_path / "src", modality="MR",
+                         series_description="T1", study=StudyInfo.synthetic(2600, "brain"))
+    seg = write_seg([dcmread(p) for p in paths], labels, BRAIN_CARD, model_sha256=SHA)
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    with OrthancServer(tmp_path / "orthanc", free_port(), free_port()) as pacs:  # the demo's PACS, no DICOMweb
+        pacs.upload([*paths, tmp_path / "seg.dcm"])
+
+    lines: list[str] = []
+    stop = threading.Event()
+    server = threading.Thread(target=serve_viewer, args=(tmp_path / "orthanc", seg.StudyInstanceUID,
+                                                         seg.SeriesInstanceUID, viewer_peers),
+                              kwargs={"stop": stop, "say": lines.append})
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("open the study") for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        url = next(line.split(": ", 1)[1] for line in lines if line.startswith("open the study"))
+        parts = urllib.parse.urlsplit(url)
+        assert parts.path == "/viewer"
+        assert urllib.parse.parse_qs(parts.query) == {"StudyInstanceUIDs": [seg.StudyInstanceUID],
+                                                      "initialSeriesInstanceUID": [seg.SeriesInstanceUID]}
+        base = f"{parts.scheme}://{parts.netloc}"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert b"<title>" in page.read()  # the single-page app
+        qido = f"{base}/dicom-web/studies/{seg.StudyInstanceUID}/series?Modality=SEG"
+        with urllib.request.urlopen(qido, timeout=30) as resp:
+            found = json.loads(resp.read())
+        assert [s["0020000E"]["Value"][0] for s in found] == [seg.SeriesInstanceUID]  # kept across the restart
+    finally:
+        stop.set()
+        server.join(timeout=60)
+    assert not server.is_alive()
+    assert lines[-1] == "click a segment in the panel on the right to go to its slices; Ctrl-C stops the viewer " \
+                        "and the PACS"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ohif-dist", "/nonexistent"], "pacsnode: error: the viewer needs OHIF 3.13.2's prebuilt dist (a folder with "
+     "index.html and app-config.js), got none at /nonexistent: npm pack @ohif/app@3.13.2 && tar xzf "
+     "ohif-app-3.13.2.tgz package/dist, then pass --ohif-dist package/dist or set PACSNODE_OHIF_DIST; in a "
+     "checkout, scripts/setup.sh puts it in tests/viewers/ohif-dist"),
+    (["--storescp"], "pacsnode: error: demo --viewer needs Orthanc as the demo's PACS, got --storescp; drop one of "
+     "them"),
+])
+def test_demo_viewer_refuses_at_once_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pacsnode", "demo", "--viewer", "--workdir", str(tmp_path / "w"),
+                           *args], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (2, message, "")
+    assert not (tmp_path / "w").exists()  # refused before the demo started

@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storescp", action="store_true",
                    help="use DCMTK storescp as the PACS, not Orthanc (a pynetdicom SCP where DCMTK is missing)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the results")
+    p.add_argument("--viewer", action="store_true",
+                   help="then serve OHIF against the demo's PACS and print the URL that opens the study with its "
+                        "SEG, until Ctrl-C (needs Orthanc's DICOMweb plugin and OHIF's prebuilt dist: --ohif-dist)")
+    p.add_argument("--ohif-dist", help="OHIF 3.13.2's dist folder (default: $PACSNODE_OHIF_DIST, else "
+                                       "./tests/viewers/ohif-dist, where scripts/setup.sh puts it)")
     p.set_defaults(func=_demo)
 
 
@@ -28,6 +33,23 @@ def _demo(args: argparse.Namespace) -> int:
     from pacsnode.demo.run import run_demo
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    run_demo(model_file=args.model, workdir=args.workdir, seed=args.seed, keep=args.keep,
-             use_orthanc=False if args.storescp else None, timeout=args.timeout)
+    dist = _viewer_dist(args) if args.viewer else None
+    result = run_demo(model_file=args.model, workdir=args.workdir, seed=args.seed, keep=args.keep,
+                      use_orthanc=False if args.storescp else None, timeout=args.timeout)
+    if dist is not None:
+        import pydicom
+
+        from pacsnode.demo.viewer import serve_viewer
+
+        seg = pydicom.dcmread(result.seg_path, stop_before_pixels=True)
+        serve_viewer(result.workdir / "orthanc", str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID), dist)
     return 0
+
+
+def _viewer_dist(args: argparse.Namespace) -> Path:
+    from pacsnode.demo.viewer import check_viewer
+    from pacsnode.errors import PacsnodeError
+
+    if args.storescp:
+        raise PacsnodeError("demo --viewer needs Orthanc as the demo's PACS, got --storescp; drop one of them")
+    return check_viewer(args.ohif_dist)
