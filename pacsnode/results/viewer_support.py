@@ -11,6 +11,12 @@ and tests/test_ohif_browser.py (OHIF 3.13.2 in headless chromium):
   OHIF 2) refuses it: "Could not retrieve the segment index".
 - FRACTIONAL: dcmqi reads the probabilities; OHIF 3.13 and the legacy loader refuse it:
   "Fractional segmentations are not yet supported".
+- Known gap, BINARY included: when the packed bits (rows x columns x frames) fill an odd number of
+  bytes, DICOM pads the pixel data with one byte and OHIF 3.13.2 does not load the SEG ("The
+  calculated length 19349 does not match the actual length 19350", then Orthanc's WADO-RS frames
+  answer 400; seen once by hand with 63x63 frames); the adapters' buffer loader refuses it too
+  (pinned in tests/test_seg_readers.py). Frames whose rows x columns is a multiple of 16 (512²,
+  240², the demo's 96x76) never need the pad byte.
 
 :func:`without_background_segment` is applied by :func:`pacsnode.results.write_seg` to every
 LABELMAP; :func:`seg_type_warnings` gives ``pacsnode config check`` its lines.
