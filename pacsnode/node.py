@@ -41,6 +41,7 @@ from pacsnode.ops import (
 )
 from pacsnode.processor import Processor
 from pacsnode.receive import Receiver, Spool, StorageSCP
+from pacsnode.receive.stow import Credentials, StowServer
 from pacsnode.routing import route_unit
 from pacsnode.scheduler import (
     JOB_HANDLER,
@@ -122,6 +123,7 @@ class Node:
         self.scp.gate.on_tls_failure = self.audit.tls_failure
         self.dispatcher.on_sent = self.audit.results_sent
         self.status_server: StatusServer | None = None
+        self.stow: StowServer | None = None
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._started = False
@@ -146,6 +148,7 @@ class Node:
         self.scheduler.every("upkeep", UPKEEP_SECONDS, UPKEEP_HANDLER)
         self.audit.start()
         self.scp.start()
+        self.stow = _start_stow(self.settings, self.receiver)
         m = self.settings.metrics
         if m.port:
             self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy,
@@ -169,6 +172,8 @@ class Node:
         sd_notify("STOPPING=1")
         LOG.info("stopping: no new associations; waiting for %d in flight", len(self.scp.active()))
         self.scp.stop(grace)
+        if self.stow is not None:
+            self.stow.stop()
         self.scheduler.shutdown(wait=True)
         self.spool.close()
         if self.status_server is not None:
@@ -330,3 +335,15 @@ class Node:
         since when and why, deliveries dead-lettered, jobs failed. :meth:`healthy` stays the
         liveness answer; this is readiness (``/readyz``)."""
         return list(self.status()["reasons"])
+
+
+def _start_stow(settings: Settings, receiver: Receiver) -> StowServer | None:
+    """The STOW-RS endpoint, when [dicomweb] port is set: the same door as C-STORE."""
+    web = settings.dicomweb
+    if not web.port:
+        return None
+    stow = StowServer(web.bind_address, web.port, web.root, Credentials(web.users_file, web.tokens_file),
+                      receiver.store, max_request_mb=web.max_request_mb,
+                      tls=(web.tls_cert, web.tls_key) if web.tls_cert and web.tls_key else None)
+    stow.start()
+    return stow

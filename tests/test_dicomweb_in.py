@@ -133,3 +133,26 @@ def test_the_endpoint_takes_authenticated_callers_only() -> None:
     with pytest.raises(ConfigError, match=r"dicomweb.users_file or dicomweb.tokens_file is required when "
                                           r"dicomweb.port is set \(STOW-RS takes authenticated callers only\)"):
         parse_settings({"security": {"allow_any_caller": True}, "dicomweb": {"port": 8042}})
+
+
+def test_the_node_serves_stow_rs_when_configured(tmp_path: Path) -> None:
+    from pacsnode.config import load_settings
+    from pacsnode.demo.scenario import free_port, write_node_config
+    from pacsnode.node import Node
+
+    config = write_node_config(tmp_path / "node.toml", state_dir=tmp_path / "state", port=free_port(),
+                               model_file="builtin:brain-tumor", destination=None)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0ken\n")
+    web_port = free_port()
+    text = config.read_text()
+    assert '[dicomweb]\nport = 0\n' in text  # the shipped section, off
+    config.write_text(text.replace('[dicomweb]\nport = 0\n', f'[dicomweb]\nport = {web_port}\ntokens_file = "{tokens}"\n'))
+    node = Node(load_settings(config))
+    node.start()
+    try:
+        answer = _client(f"http://127.0.0.1:{web_port}/dicom-web", token="t0ken").store_instances([_ct(7)])
+        assert len(answer.ReferencedSOPSequence) == 1
+        assert node.ledger.instance_count() == 1
+    finally:
+        node.stop(grace=5)
