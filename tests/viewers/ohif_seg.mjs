@@ -49,7 +49,15 @@ async function main() {
     }
     await page.waitForFunction((n) => n.every((name) => document.body.innerText.includes(name)),
       { timeout: 60000, polling: 500 }, names);
-    await new Promise((r) => setTimeout(r, 3000)); // the overlay's first render after loading
+    // the overlay is drawn once cornerstone holds a representation of the SEG on the viewport
+    await page.waitForFunction(() => {
+      const viewport = window.cornerstone.getRenderingEngines()[0]?.getViewports().find((v) => v.getCurrentImageId?.());
+      const reps = viewport && window.cornerstoneTools.segmentation.state.getSegmentationRepresentations(viewport.id);
+      if (!reps || reps.length === 0) return false;
+      viewport.render();
+      return true;
+    }, { timeout: 60000, polling: 500 });
+    await new Promise((r) => setTimeout(r, 2000)); // two seconds for that render to reach the screen
     report.loaded = true;
     report.text = await page.evaluate(() => document.body.innerText);
     report.segments = await page.evaluate((n) => {
