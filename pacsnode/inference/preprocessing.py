@@ -142,10 +142,18 @@ def normalize(data: np.ndarray, seg: np.ndarray | None, schemes: Sequence[Any]) 
             if norm.use_nonzero_mask:
                 if seg is None:
                     raise InferenceError("z-score over the nonzero mask needs the crop mask, got none")
+                # masked sums instead of gathering the masked voxels (3 passes of fancy indexing were
+                # ~0.4 s of a 4 × 155×240×240 brain); mean and variance accumulate in float64
                 mask = seg[0] >= 0
-                vals = img[mask].astype(np.float64)
-                mean, std = (vals.mean(), vals.std()) if vals.size else (0.0, 1.0)
-                img[mask] = (img[mask] - mean) / max(std, 1e-8)
+                n = int(np.count_nonzero(mask))
+                if n:
+                    mean = float(np.sum(img, where=mask, dtype=np.float64)) / n
+                    dev = img - np.float32(mean)
+                    np.multiply(dev, dev, out=dev)
+                    std = (float(np.sum(dev, where=mask, dtype=np.float64)) / n) ** 0.5
+                    del dev
+                    np.subtract(img, np.float32(mean), out=img, where=mask)
+                    np.divide(img, np.float32(max(std, 1e-8)), out=img, where=mask)
             else:
                 mean = float(img.mean(dtype=np.float64))
                 std = float(img.std(dtype=np.float64))
