@@ -8,7 +8,7 @@
    distillation.export; for each, ONNX Runtime fp32/int8 and OpenVINO fp32/bf16/int8 (int8: the
    QDQ file of ``distill export --int8``, calibrated on two random 64³ windows, convolutions with
    >= 16 channels). Median of ``--reps`` windows after one warm-up; GFLOP/s from the network's
-   conv FLOPs; its share of the numpy fp32 SGEMM rate measured in the same run.
+   conv FLOPs; its share of the numpy fp32 SGEMM rate measured right before and after that row.
 2. **Whole cases**, each its own process (peak RSS = its VmHWM): a 1 mm 4×155×240×240 brain MR
    with the shipped model and with random widths 1 and 1/4; a 300×512×512 CT (1.5 × 0.8 × 0.8 mm
    → 1.5 mm) with a random width-1/4 CT model (``--ct-teacher`` adds width 1). Stages as
@@ -66,7 +66,7 @@ def window_matrix(tmp: Path, widths: list[float], reps: int, threads: int) -> tu
     from distillation.export import quantize_int8
     from pacsnode.inference import Model
 
-    rows, meta = [], {"sgemm_before": sgemm_rate(), "load_before": load1()}
+    rows, meta = [], {"load_before": load1()}
     x = np.random.default_rng(0).standard_normal((1, 4, 128, 128, 128), dtype=np.float32)
     calib = [np.random.default_rng(s).standard_normal((4, 64, 64, 64), dtype=np.float32) for s in (1, 2)]
     for width in widths:
@@ -77,21 +77,23 @@ def window_matrix(tmp: Path, widths: list[float], reps: int, threads: int) -> tu
             file = int8 if precision == "int8" else path
             model = Model.load(file, threads=threads, backend=backend, precision=precision, measuring_evidence=True)
             model.predict(x)
+            before = sgemm_rate()  # SGEMM right before and after this row's windows: the same load
             times = []
             for _ in range(reps):
                 t = time.perf_counter()
                 model.predict(x)
                 times.append(time.perf_counter() - t)
+            after = sgemm_rate()
             del model
             s = statistics.median(times)
+            sgemm = (before + after) / 2
             rows.append({"width": width, "params_m": params / 1e6, "gflops": gflops, "backend": backend,
-                         "precision": precision, "seconds": s, "gflop_s": gflops / s, "load": load1()})
-            print(f"  window w{width:g} {backend} {precision}: {s:.3f} s, {gflops / s:.0f} GFLOP/s "
-                  f"(load {load1()})", flush=True)
-    meta.update(sgemm_after=sgemm_rate(), load_after=load1())
-    meta["sgemm"] = (meta["sgemm_before"] + meta["sgemm_after"]) / 2
-    for r in rows:
-        r["share"] = r["gflop_s"] / meta["sgemm"]
+                         "precision": precision, "seconds": s, "gflop_s": gflops / s, "load": load1(),
+                         "sgemm": sgemm, "share": gflops / s / sgemm})
+            print(f"  window w{width:g} {backend} {precision}: {s:.3f} s, {gflops / s:.0f} GFLOP/s, SGEMM "
+                  f"{before:.0f}/{after:.0f} GFLOP/s (load {load1()})", flush=True)
+    meta.update(load_after=load1(), sgemm_min=min(r["sgemm"] for r in rows),
+                sgemm_max=max(r["sgemm"] for r in rows))
     return rows, meta
 
 
@@ -143,8 +145,8 @@ def whole_cases(tmp: Path, args: argparse.Namespace) -> list[dict]:
     plan = [("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "onnxruntime", "fp32"),
             ("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "openvino", "fp32"),
             ("mr", "builtin:brain-tumor", "shipped brain-tumor (w1/4, 2 mm)", "openvino", "bf16")]
-    for width in (1.0, 0.25):
-        for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16"):  # teacher and student back to back: the same load for the ratio
+        for width in (1.0, 0.25):
             plan.append(("mr", width, f"random w{width:g} (1 mm)", "openvino", precision))
     ct_widths = [1.0, 0.25] if args.ct_teacher else [0.25]
     for width in ct_widths:
@@ -200,6 +202,8 @@ def main() -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["windows", "cases", "demo"])
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "inference.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    ap.add_argument("--evidence", type=Path, default=REPO / "docs" / "inference-precision.json",
+                    help="reduced-precision evidence (python -m distillation.export.precision output) to report")
     args = ap.parse_args()
     results: dict = {"command": " ".join([".venv/bin/python", "benchmarks/inference.py", *sys.argv[1:]]),
                      "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu(), "load_start": load1()}
@@ -212,6 +216,10 @@ def main() -> int:
     if "demo" not in args.skip:
         results["demo"] = demo(args.demo_repeats)
     results["load_end"] = load1()
+    if args.evidence and args.evidence.is_file():
+        results["evidence"] = json.loads(args.evidence.read_text())
+        results["evidence_file"] = str(args.evidence.relative_to(REPO)) if args.evidence.is_relative_to(REPO) \
+            else str(args.evidence)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     from benchmarks.inference_report import write_report

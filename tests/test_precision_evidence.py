@@ -105,3 +105,24 @@ def test_highdicom_iod_lookups_are_memoised_and_answer_as_before():
     assert su.is_attribute_in_iod("NumberOfFrames", seg) is True
     assert su.is_attribute_in_iod("NumberOfFrames", mr) is False
     assert su.is_attribute_in_iod("PixelData", mr, ["IconImageSequence"]) is True
+
+
+def test_largest_component_in_the_foreground_box_equals_the_whole_volume():
+    from pacsnode.inference.postprocessing import keep_largest_component
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((30, 40, 50), np.uint8)
+    labels[5:20, 8:30, 10:40] = rng.integers(0, 4, (15, 22, 30)) * (rng.random((15, 22, 30)) < 0.3)
+    expected = labels.copy()
+    full = np.ones((3, 3, 3), bool)
+    for value in (1, 2, 3):  # the rule on the whole grid, written out
+        comp, n = ndimage.label(expected == value, structure=full)
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        expected[(expected == value) & (comp != int(np.argmax(sizes)))] = 0
+    got = labels.copy()
+    assert keep_largest_component(got, (1, 2, 3)) is got
+    np.testing.assert_array_equal(got, expected)
+    assert (got != labels).any()  # small components were removed
+    empty = np.zeros((4, 4, 4), np.uint8)
+    assert keep_largest_component(empty, (1,)).sum() == 0
