@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, dcmtk, free_port
-from test_serve import ENV, NodeProcess, make_series, write_config
+from test_serve import ENV, NodeProcess, make_series, wait_for, write_config
 
 pytestmark = pytest.mark.network
 
@@ -54,5 +54,6 @@ def test_c_store_over_tls_takes_the_gate_and_pynetdicoms_path(tls_node: tuple[No
                           "+sd", "127.0.0.1", str(node.port), str(tmp_path / "ser")],
                          env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "association released: calling AE 'STORESCU' from 127.0.0.1" in node.log.read_text()
+    # the node logs the release after storescu has gone: poll the log, do not read it once
+    wait_for(lambda: "association released: calling AE 'STORESCU' from 127.0.0.1" in node.log.read_text())
     assert "3 stored, 0 duplicate, 0 failed" in node.log.read_text()
