@@ -1,4 +1,4 @@
-"""Model card, ONNX Runtime model, nnU-Net-style preprocessing, sliding window, pipeline."""
+"""Model card, runtimes (OpenVINO, ONNX Runtime) behind one Model, nnU-Net-style preprocessing, sliding window, pipeline."""
 
 from pacsnode.inference.card import ModelCard, load_model_card
 from pacsnode.inference.model import Model
