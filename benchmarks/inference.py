@@ -13,7 +13,8 @@
    with the shipped model and with random widths 1 and 1/4; a 300×512×512 CT (1.5 × 0.8 × 0.8 mm
    → 1.5 mm) with a random width-1/4 CT model (``--ct-teacher`` adds width 1). Stages as
    ``pacsnode infer --seg`` times them: read, pre (align + crop/normalise/resample), network,
-   post (resample back + post-processing), SEG + SR written.
+   post (resample back + post-processing), SEG + SR written. The case runs twice in its process
+   and the second run is timed, as in the node, whose process serves job after job.
 3. **Demo**: ``pacsnode demo``'s study (Orthanc → node → Orthanc), last instance → SEG stored.
 
 Every ratio in the report comes from this one run; the 1-minute load average is recorded per
@@ -113,6 +114,7 @@ t = time.perf_counter()
 chosen = select_series(dirs, model.card.inputs)
 volumes = [read_series(chosen[ch.name].files) for ch in model.card.inputs]
 read_s = time.perf_counter() - t
+run(model, volumes)  # the node is a long-running process: time its second job, not its first
 pred = run(model, volumes)
 t = time.perf_counter()
 seg = seg_for_run(volumes, pred, model.card, model_sha256=model.sha256)

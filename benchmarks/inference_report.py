@@ -53,7 +53,8 @@ def _cases(res: dict) -> list[str]:
         "Each row one process (peak RSS = its VmHWM): read the DICOM series, *pre* (align channels, crop, "
         "normalise, resample), *network* (sliding window, step 0.5, Gaussian weighting), *post* (resample "
         "back, argmax, largest component), SEG (BINARY) + SR built and written. *case* = the sum of those "
-        "(model load excluded: the node loads its models at start). MR: 4 × 155×240×240 at 1 mm; "
+        "(model load excluded: the node loads its models at start); the network and pre/post are those of the "
+        "second run in the process, as in the node, which serves job after job. MR: 4 × 155×240×240 at 1 mm; "
         "CT: 300×512×512 at 1.5 × 0.8 × 0.8 mm, 1.5 mm model.",
         "",
         "| case | model | runtime | windows | read s | pre s | network s | post s | SEG+SR s | (pre+post) / network "
