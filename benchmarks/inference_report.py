@@ -189,6 +189,28 @@ def write_report(res: dict, path: Path) -> None:
 
 
 NOTES = [
+    "## Reading the run (2026-12-03)",
+    "",
+    "- **Where reduced precision pays.** bf16 is faster than fp32 at every width. int8 (the QDQ file, "
+    "AVX512-VNNI) pays only for the wide networks: at widths 1 and 1/2 OpenVINO int8 beats bf16, at 1/4 and "
+    "1/8 it is no faster than fp32 and slower than bf16, and ONNX Runtime's int8 is slower than its fp32 at "
+    "width 1/2. So bf16 is the reduced precision for the students: the shipped student's card records bf16; "
+    "int8's Dice evidence is in §4, but no int8 file ships.",
+    "- **SR, not SEG, is the slow part of the results.** Profiled alone on the demo study (load ~1): SEG "
+    "0.5 s (build 0.18 + write 0.32), SR 3.2-3.3 s (build 2.4-2.6 + write 0.7-0.8); on the 1 mm brain: "
+    "SEG 1.0 s, SR 6.4 s. highdicom's `Comprehensive3DSR` constructor deep-copies the whole content tree "
+    "and walks it to collect evidence, and the TID 1500 content now holds an Image Library entry per source "
+    "image (IHE AIR content in `pacsnode/results/sr.py`), so its cost grows with the slices. Targets 2, 4 "
+    "and 6 fail on it: the network alone meets the latency cut that the whole case does not.",
+    "- **Pre/post for the shipped student.** Its 2 mm grid makes the network small (80 windows of 32³) "
+    "while pre- and post-processing run on the 1 mm 4 × 155×240×240 source, so their share stays above "
+    "25 %; for the 1 mm models, MR and CT, it is 6-15 %.",
+    "- **Not done.** Empty SEG frames are still written (DESIGN.md §3 keeps a frame per source frame and "
+    "segment, `tests/test_results.py` pins it; on the CT that is 1,200 frames where ~230 hold a label). "
+    "Windows are not batched (OpenVINO compiled for batch 1; a probe with 32³ windows showed no gain, "
+    "128³ not measured). The SEG is not sent before the SR is written (the processor delivers a job's "
+    "results as one folder).",
+    "",
     "## How the node runs a model",
     "",
     "- `[models.NAME] backend = \"auto\"` (default) takes the fastest installed backend, OpenVINO then ONNX "
