@@ -107,6 +107,7 @@ class Node:
         self.runner = JobRunner(self.ledger, self.scheduler, settings.scheduler,
                                 count_job_failures(work or self.processor, self.metrics))
         self._warm_models = work is None  # the real processing loads its models at start, off the job path
+        self._warm_thread: threading.Thread | None = None
         self.completeness = Completeness(self.ledger, self.scheduler, settings.series, self.unit_complete,
                                          not_ready=self._files_missing)
         self.receiver = Receiver(
@@ -141,7 +142,8 @@ class Node:
         self.spool.open()
         self.reindex()
         if self._warm_models:
-            threading.Thread(target=self.processor.warm_up, name="warm-up", daemon=True).start()
+            self._warm_thread = threading.Thread(target=self.processor.warm_up, name="warm-up", daemon=True)
+            self._warm_thread.start()
         self.scheduler.start()
         self.resume()
         self.scheduler.every("retention", self.settings.retention.interval_minutes * 60, RETENTION_HANDLER)
@@ -175,6 +177,8 @@ class Node:
         if self.stow is not None:
             self.stow.stop()
         self.scheduler.shutdown(wait=True)
+        if self._warm_thread is not None:  # never leave the interpreter while a model is compiling
+            self._warm_thread.join(grace)
         self.spool.close()
         if self.status_server is not None:
             self.status_server.stop()
