@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import dcmtk
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -68,6 +70,16 @@ def _scu() -> AE:
     return ae
 
 
+def _storescu(port: int, files: list[Path]) -> list[int]:
+    """C-STORE ``files`` in order with DCMTK; the status of each (0 or 0xA700; anything else fails)."""
+    out = subprocess.run([dcmtk("storescu"), "-v", "--no-halt", "-aet", "SCU", "-aec", "PACSNODE", "127.0.0.1", str(port),
+                          *map(str, files)], capture_output=True, text=True, timeout=300)
+    said = re.findall(r"Received Store Response \((.+?)\)", out.stdout + out.stderr)
+    assert len(said) == len(files), out.stdout + out.stderr
+    codes = {"Success": 0x0000}
+    return [codes.get(s, 0xA700 if "OutOfResources" in s.replace(" ", "") else -1) for s in said]
+
+
 def test_full_disk_answers_a700_loses_nothing_and_carries_on(tmpfs: Path) -> None:
     node = ReceiveNode(tmpfs, fast=True, min_free_disk_mb=20)
     filler = tmpfs / "filler"
@@ -79,21 +91,22 @@ def test_full_disk_answers_a700_loses_nothing_and_carries_on(tmpfs: Path) -> Non
             fh.write(bytes(int((_free_mb(tmpfs) - 26) * 2**20)))  # ~6 MiB above the mark: ~45 instances
         study, series = "1.2.3.100", "1.2.3.100.1"
         sent = [_ct(i, study, series) for i in range(80)]
-        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
-        statuses = [int(assoc.send_c_store(ds).Status) for ds in sent]
-        assoc.release()
+        files = []
+        for i, ds in enumerate(sent):  # DCMTK's storescu sends them in order and goes on after a refusal
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            files.append(tmpfs.parent / f"ct{i:03d}.dcm")
+            ds.save_as(files[-1])
+        statuses = _storescu(node.port, files)
         ok = [ds for ds, st in zip(sent, statuses, strict=True) if st == 0]
         assert set(statuses) == {0x0000, 0xA700}
         assert statuses == sorted(statuses)  # Success until the mark, then Out of Resources
         assert _free_mb(tmpfs) >= 20 - 0.5  # the rule is hard: never below the mark
-        files = sorted(node.spool.root.rglob("*.dcm"))
-        assert node.ledger.instance_count() == len(files) == len(ok)
-        assert {str(pydicom.dcmread(f).SOPInstanceUID) for f in files} == {ds.SOPInstanceUID for ds in ok}
+        spooled = sorted(node.spool.root.rglob("*.dcm"))
+        assert node.ledger.instance_count() == len(spooled) == len(ok)
+        assert {str(pydicom.dcmread(f).SOPInstanceUID) for f in spooled} == {ds.SOPInstanceUID for ds in ok}
         filler.unlink()  # space returns: the refused ones are accepted when resent
         reserve.unlink()
-        assoc = _scu().associate("127.0.0.1", node.port, ae_title="PACSNODE")
-        assert {int(assoc.send_c_store(ds).Status) for ds in sent} == {0x0000}
-        assoc.release()
+        assert set(_storescu(node.port, files)) == {0x0000}
         assert node.ledger.instance_count() == len(sent) == len(list(node.spool.root.rglob("*.dcm")))
     finally:
         node.close()
