@@ -14,13 +14,13 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
+from test_delivery_outage import _queue_result
 
 from pacsnode.config import Destination, load_settings
 from pacsnode.delivery.send import probe_destination, send_results
 from pacsnode.demo.orthanc import OrthancServer
 from pacsnode.demo.scenario import free_port, wait_for, write_node_config
 from pacsnode.errors import DeliveryError
-from pacsnode.ledger import InstanceRecord, SeriesAttributes
 from pacsnode.node import Node
 from pacsnode.states import DeliveryState, DestinationState
 
@@ -89,15 +89,7 @@ def test_a_dicomweb_pacs_down_at_first_gets_the_result_once(tmp_path: Path) -> N
     node.start()
     try:
         ledger = node.ledger
-        ledger.record_instance(InstanceRecord("9.1.1", "1.2.840.10008.5.1.4.1.1.2", "9.1", "9", result, 1,
-                                              "1.2.840.10008.1.2.1"), SeriesAttributes("CT"),
-                               unit_uid="9.1", unit_kind="series")
-        ledger.complete_unit("9.1")
-        job = ledger.queue_job("9.1", route="r", model_name="m", model_sha256="0" * 64)
-        ledger.start_job(job.id)
-        ledger.finish_job(job.id, [result])
-        delivery = ledger.add_delivery(job.id, "pacs", result)
-        node.dispatcher.submit(job.id, "pacs")
+        delivery = ledger.delivery(_queue_result(node, result))
         wait_for(lambda: (d := ledger.destination("pacs")) is not None and d.state is DestinationState.DOWN,
                  30, "the DICOMweb destination marked down")
         assert ledger.delivery(delivery.id).state is DeliveryState.PENDING
