@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import dcmtk
 from lxml import etree
+from outbox import queue_result
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from syslog_receiver import Rsyslog, tls_material
@@ -24,7 +25,6 @@ from syslog_receiver import Rsyslog, tls_material
 from pacsnode.audit import AuditTrail
 from pacsnode.config import load_settings, parse_settings
 from pacsnode.demo.scenario import free_port, wait_for, write_node_config
-from pacsnode.ledger import InstanceRecord, SeriesAttributes
 from pacsnode.node import Node
 
 SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).with_name("audit_schema.rng"))))
@@ -181,16 +181,7 @@ def test_node_events_reach_rsyslog_over_udp_and_meet_the_schema(tmp_path: Path) 
         # a result in the outbox for the destination (as the processor leaves it)
         result = tmp_path / "result.dcm"
         result.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
-        ledger = node.ledger
-        ledger.record_instance(InstanceRecord("9.1.1", "1.2.840.10008.5.1.4.1.1.4", "9.1", "9", result, 1,
-                                              "1.2.840.10008.1.2.1"), SeriesAttributes("MR"),
-                               unit_uid="9.1", unit_kind="series")
-        ledger.complete_unit("9.1")
-        job = ledger.queue_job("9.1", route="r", model_name="m", model_sha256="0" * 64)
-        ledger.start_job(job.id)
-        ledger.finish_job(job.id, [result])
-        ledger.add_delivery(job.id, "pacs", result)
-        node.dispatcher.submit(job.id, "pacs")
+        queue_result(node, result)
         wait_for(lambda: list(pacs_dir.iterdir()), 30, "the result at the destination")
         node.stop()
         lines = rsyslog.wait_for("udp", 6)

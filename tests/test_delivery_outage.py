@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import dcmtk
+from outbox import queue_result
 from pydicom.data import get_testdata_file
 
 from pacsnode.config import load_settings
 from pacsnode.demo.orthanc import OrthancServer
 from pacsnode.demo.scenario import NodeProcess, free_port, wait_for, write_node_config
-from pacsnode.ledger import InstanceRecord, SeriesAttributes
 from pacsnode.node import Node
 from pacsnode.states import DeliveryState, DestinationState
 from tests.onnx_models import make_card, threshold_model
@@ -124,20 +124,6 @@ def _node_with_a_result(tmp_path: Path, pacs_port: int, **delivery: float) -> tu
     return config, result
 
 
-def _queue_result(node: Node, result: Path) -> int:
-    """A done job whose result is queued for "pacs" (as the processor does); the delivery's id."""
-    ledger = node.ledger
-    ledger.record_instance(InstanceRecord("9.1.1", "1.2.840.10008.5.1.4.1.1.2", "9.1", "9", result, 1,
-                                          "1.2.840.10008.1.2.1"), SeriesAttributes("CT"),
-                           unit_uid="9.1", unit_kind="series")
-    ledger.complete_unit("9.1")
-    job = ledger.queue_job("9.1", route="r", model_name="m", model_sha256="0" * 64)
-    ledger.start_job(job.id)
-    ledger.finish_job(job.id, [result])
-    delivery = ledger.add_delivery(job.id, "pacs", result)
-    node.dispatcher.submit(job.id, "pacs")
-    return delivery.id
-
 
 def test_dead_letter_past_a_tiny_horizon_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dead_port = free_port()
@@ -148,7 +134,7 @@ def test_dead_letter_past_a_tiny_horizon_says_why(tmp_path: Path, caplog: pytest
     node.start()
     try:
         ledger = node.ledger
-        delivery = ledger.delivery(_queue_result(node, result))
+        delivery = ledger.delivery(queue_result(node, result))
         t0 = time.time()
 
         failed = wait_for(lambda: (d := ledger.delivery(delivery.id)).state is DeliveryState.FAILED and d, 30,
@@ -200,7 +186,7 @@ def test_a_destination_down_across_a_restart_gets_its_result_when_it_answers(tmp
     node = Node(settings)
     node.start()
     try:
-        delivery_id = _queue_result(node, result)
+        delivery_id = queue_result(node, result)
         wait_for(lambda: (d := node.ledger.destination("pacs")) is not None and d.state is DestinationState.DOWN,
                  30, "the destination to be down")
     finally:

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from outbox import queue_result
 from pydicom.data import get_testdata_file
-from test_delivery_outage import _queue_result
 
 from pacsnode.config import Destination, load_settings
 from pacsnode.delivery.send import probe_destination, send_results
@@ -89,7 +89,7 @@ def test_a_dicomweb_pacs_down_at_first_gets_the_result_once(tmp_path: Path) -> N
     node.start()
     try:
         ledger = node.ledger
-        delivery = ledger.delivery(_queue_result(node, result))
+        delivery = ledger.delivery(queue_result(node, result))
         wait_for(lambda: (d := ledger.destination("pacs")) is not None and d.state is DestinationState.DOWN,
                  30, "the DICOMweb destination marked down")
         assert ledger.delivery(delivery.id).state is DeliveryState.PENDING
