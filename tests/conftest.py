@@ -7,9 +7,12 @@ for every DCMTK process (without it each C-STORE stalls on delayed ACKs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,16 @@ def pytest_runtest_logreport(report) -> None:  # type: ignore[no-untyped-def]
 def pytest_sessionfinish(session, exitstatus) -> None:  # type: ignore[no-untyped-def]
     _air_sessionfinish(session, exitstatus)  # IHE AIR check of every SEG/SR the session wrote
     skip_guard.check(session)  # CI=true: an unexpected skip fails the run
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "2m") at ``where``: real ENOSPC. Skips unless root (CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -4,12 +4,11 @@ generic SQLite error, and the ledger works again once space is freed."""
 from __future__ import annotations
 
 import errno
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import mounted_tmpfs
 
 from pacsnode.ledger import InstanceRecord, Ledger, SeriesAttributes
 from pacsnode.states import DeliveryState, DestinationState
@@ -24,15 +23,8 @@ def rec(n: int) -> InstanceRecord:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    where = tmp_path / "small"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "2m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def fill(disk: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import dcmtk
+from conftest import dcmtk, mounted_tmpfs
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -36,16 +36,9 @@ _ALLOWED = {0x0000, 0xA700, 0xA900, 0xC000, 0xC001, 0xC002, 0xC003, 0xC004}
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 96 MiB tmpfs: real ENOSPC (CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mnt)], check=True)
-    try:
+    """A 96 MiB tmpfs: real ENOSPC."""
+    with mounted_tmpfs(tmp_path / "fs", "96m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _free_mb(path: Path) -> float:
