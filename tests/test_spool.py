@@ -54,6 +54,8 @@ def test_sweep_removes_crash_leftovers(tmp_path: Path) -> None:
 
 def test_free_disk_mark(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.check_space(0)
-    with pytest.raises(ReceiveError, match=r"free disk space must be at least node.min_free_disk_mb = 1e\+12 MiB"):
-        spool.check_space(1e12)
+    spool.ensure_room(1024, 0)
+    assert spool.has_room(1024, 0) and not spool.has_room(1024, 1e12)
+    with pytest.raises(ReceiveError, match=r"free disk space must stay at least node.min_free_disk_mb = 1e\+12 MiB "
+                                           r"after writing 1024 bytes, got [0-9.]+ MiB free in "):
+        spool.ensure_room(1024, 1e12)

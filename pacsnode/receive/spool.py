@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from pacsnode.errors import ReceiveError
 from pacsnode.receive.journal import SpoolJournal, fsync_dir
 from pacsnode.receive.validate import STATUS_OUT_OF_RESOURCES, Refusal
 
@@ -238,15 +237,6 @@ class Spool:
         """Free space on the spool's file system, in MiB (what an unprivileged user may use)."""
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize / (1024 * 1024)
-
-    def check_space(self, min_free_mb: float) -> None:
-        """Raise :class:`ReceiveError` when free space is below the configured mark."""
-        free = self.free_mb()
-        if free < min_free_mb:
-            raise ReceiveError(
-                f"free disk space must be at least node.min_free_disk_mb = {min_free_mb:g} MiB, "
-                f"got {free:.0f} MiB free in {self.root}"
-            )
 
     def files(self) -> Iterator[Path]:
         """Every complete instance file in the spool."""
