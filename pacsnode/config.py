@@ -43,6 +43,7 @@ __all__ = [
     "MetricsSettings",
     "DicomwebSettings",
     "AuditSettings",
+    "ClusterSettings",
     "load_settings",
     "parse_settings",
     "build_dataclass",
@@ -328,6 +329,20 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """[cluster]: several receivers and workers on one PostgreSQL (docs/cluster.md). Without this
+    section the node is embedded: SQLite and the in-process scheduler. ``spool_dir`` and
+    ``results_dir`` must be storage every receiver and worker mounts (NFS in a hospital); a worker
+    silent for ``stall_seconds`` loses its jobs to another worker."""
+
+    dsn: str = field(metadata=_check(lambda v: v.startswith(("postgresql://", "postgres://")),
+                                     "a PostgreSQL URL (postgresql://user@host:5432/database)"))
+    spool_dir: Path
+    results_dir: Path
+    stall_seconds: float = field(default=60.0, metadata=_check(lambda v: v >= 2, "a number of seconds of at least 2"))
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole of config.toml."""
 
@@ -343,6 +358,7 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     dicomweb: DicomwebSettings = DicomwebSettings()
     audit: AuditSettings = AuditSettings()
+    cluster: ClusterSettings | None = None
     source: Path | None = None
 
     def model_file(self, name: str) -> str:

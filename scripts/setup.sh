@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything pacsnode needs on a fresh Debian machine, idempotently:
 #   - system tools: DCMTK (storescu/storescp/echoscu), Orthanc, dicom3tools (dciodvfy), dcm2niix
-#   - a virtualenv in .venv with pacsnode + distillation, the [train,dev] extras,
+#   - a virtualenv in .venv with pacsnode + distillation, the [train,dev,cluster] extras,
 #     torch pinned to the CPU build through constraints.txt
 # Called by `make demo` and `make test`; safe to run again.
 set -euo pipefail
@@ -12,7 +12,7 @@ need_apt=()
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need_apt+=(rsyslog-gnutls)
 for tool in /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/dcm2niix \
     /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium /usr/bin/promtool \
-    /usr/bin/systemd-analyze /usr/bin/setpriv; do
+    /usr/bin/systemd-analyze /usr/bin/setpriv /usr/lib/postgresql/15/bin/postgres; do
   [ -e "$tool" ] || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -28,6 +28,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # tests/test_deploy.py checks the unit with systemd-analyze; tests run `nobody` through setpriv
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     systemd util-linux >/dev/null
+  # the cluster tests start a throw-away PostgreSQL (tests/pg.py); its packaged service is not needed
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+    $SUDO systemctl stop postgresql || true
+  fi
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     $SUDO systemctl stop prometheus || true
   fi
@@ -48,7 +53,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   echo "setup: installing Python packages into .venv (torch pinned by constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,dev,cluster]"
   touch "$stamp"
 fi
 

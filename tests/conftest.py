@@ -41,6 +41,16 @@ def dcmtk(tool: str) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """One throw-away PostgreSQL server for the session (tests/pg.py); ``new_database()`` per test."""
+    from pg import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.remove()
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

@@ -1,4 +1,8 @@
-"""Ledger: one row per SOP instance, units that reopen, jobs keyed (unit, model), deliveries."""
+"""Ledger: one row per SOP instance, units that reopen, jobs keyed (unit, model), deliveries.
+
+The ledger's contract suite: every test runs against the embedded SQLite ledger and the
+cluster's PostgreSQL ledger (a real server, tests/pg.py), through the one ``Ledger`` interface.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,14 @@ def rec(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceReco
                           "1.2.840.10008.1.2.1")
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    led = Ledger(tmp_path / "ledger.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    if request.param == "sqlite":
+        led = Ledger(tmp_path / "ledger.sqlite")
+    else:
+        from pacsnode.cluster.ledger import PgLedger
+
+        led = PgLedger(request.getfixturevalue("pg_server").new_database())
     yield led
     led.close()
 
@@ -94,3 +103,51 @@ def test_deliveries_pending_sent_failed(ledger: Ledger) -> None:
     assert ledger.delivery(d.id).attempts == 2
     counts = ledger.counts()
     assert counts["deliveries"] == {"sent": 1} and counts["instances"] == {"total": 1}
+
+
+def test_fencing_refuses_the_finish_of_a_holder_that_lost_the_job(ledger: Ledger) -> None:
+    ledger.record_instance(rec("1.1"), ATTRS, unit_uid="u", unit_kind="series")
+    ledger.complete_unit("u")
+    job = ledger.queue_job("u", route="r", model_name="m", model_sha256="0")
+    first = ledger.start_job(job.id)
+    assert (first.attempts, first.starts) == (1, 1)
+    ledger.add_delivery(job.id, "pacs", "/out/1/seg.dcm", fence=first.starts)
+    # its worker falls silent: another takes the job over
+    fenced = ledger.fence_job(job.id, first.starts, "stalled")
+    assert fenced is not None and fenced.state is JobState.RETRY and fenced.starts == 2
+    assert ledger.deliveries() == []  # the silent holder's pending output is dropped
+    assert ledger.fence_job(job.id, first.starts, "stalled") is None  # only once
+    second = ledger.start_job(job.id)
+    assert (second.attempts, second.starts) == (2, 3)
+    with pytest.raises(LedgerError, match=rf"job {job.id} must be running at start 1 to queue its output, "
+                                          r"got running at start 3"):
+        ledger.add_delivery(job.id, "pacs", "/out/1/seg.dcm", fence=first.starts)
+    ledger.add_delivery(job.id, "pacs", "/out/3/seg.dcm", fence=second.starts)
+    with pytest.raises(LedgerError, match=rf"job {job.id} must still be held by start 1 to move to done, "
+                                          r"got start 3"):
+        ledger.finish_job(job.id, ["/out/1/seg.dcm"], fence=first.starts)
+    done = ledger.finish_job(job.id, ["/out/3/seg.dcm"], fence=second.starts)
+    assert done.state is JobState.DONE and done.result_paths == ("/out/3/seg.dcm",)
+    assert [d.dataset_path for d in ledger.deliveries()] == ["/out/3/seg.dcm"]
+    assert ledger.unit("u").state is SeriesState.DONE
+    assert ledger.requeue_job(job.id).starts == 3  # the fencing token is never reset
+
+
+def test_units_jobs_and_destinations_read_back_alike(ledger: Ledger) -> None:
+    for i in range(3):
+        ledger.record_instance(rec(f"2.{i}", series="2.9"), ATTRS, unit_uid="2.9", unit_kind="series", now=10.0 + i)
+    u = ledger.unit("2.9")
+    assert (u.state, u.instance_count, u.first_received_at, u.last_received_at) == (
+        SeriesState.RECEIVING, 3, 10.0, 12.0)
+    assert [x.uid for x in ledger.units([SeriesState.RECEIVING])] == ["2.9"]
+    assert sorted(str(p) for p in ledger.known_paths()) == [f"/spool/2.{i}.dcm" for i in range(3)]
+    assert [p.name for p in ledger.instance_paths("2.9")] == ["2.0.dcm", "2.1.dcm", "2.2.dcm"]
+    ledger.complete_unit("2.9", now=20.0)
+    ledger.set_unit_state("2.9", SeriesState.IGNORED, reason="no route matches")
+    assert ledger.unit("2.9").reason == "no route matches"
+    row, changed = ledger.mark_destination("pacs", "down", error="refused", now=5.0)
+    assert changed and row.since == 5.0 and ledger.destination("pacs").last_error == "refused"
+    _, changed = ledger.mark_destination("pacs", "up", now=6.0)
+    assert changed and [d.state.value for d in ledger.destinations()] == ["up"]
+    ledger.mark_purged("2.9")
+    assert ledger.instance_count() == 0 and ledger.unit("2.9").purged_at is not None

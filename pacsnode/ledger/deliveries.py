@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pacsnode.errors import LedgerError
 from pacsnode.ledger.store import LedgerStore
-from pacsnode.ledger.tables import deliveries
-from pacsnode.states import DeliveryState
+from pacsnode.ledger.tables import deliveries, jobs
+from pacsnode.states import DeliveryState, JobState
 
 __all__ = ["DeliveryRow", "DeliveriesMixin"]
 
@@ -50,13 +49,22 @@ class DeliveriesMixin(LedgerStore):
     """The outbox."""
 
     def add_delivery(self, job_id: int, destination: str, dataset_path: str | Path,
-                     *, now: float | None = None) -> DeliveryRow:
+                     *, now: float | None = None, fence: int | None = None) -> DeliveryRow:
         """A pending delivery (idempotent: the same job, destination and file is one row,
-        reset to pending with its attempts and failure history cleared)."""
+        reset to pending with its attempts and failure history cleared). With ``fence`` (the
+        ``starts`` of the attempt that made the file) it is refused unless that attempt still
+        holds the running job: a worker that lost its job never queues its output."""
         now = time.time() if now is None else now
         with self._tx() as c:
+            if fence is not None:
+                j = c.execute(select(jobs.c.state, jobs.c.starts).where(jobs.c.id == job_id)
+                              .with_for_update()).first()
+                if j is None or j.state != JobState.RUNNING.value or j.starts != fence:
+                    got = "no such job" if j is None else f"{j.state} at start {j.starts}"
+                    raise LedgerError(f"job {job_id} must be running at start {fence} to queue its output, "
+                                      f"got {got} (another worker took it over)")
             c.execute(
-                sqlite_insert(deliveries)
+                self.upsert(deliveries)
                 .values(job_id=job_id, destination=destination, dataset_path=str(dataset_path),
                         state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now,
                         created_at=now, updated_at=now)
@@ -66,10 +74,11 @@ class DeliveriesMixin(LedgerStore):
                           "next_attempt_at": now, "updated_at": now, "failing_since": None},
                 )
             )
-            row = c.execute(select(deliveries).where(
+            row = delivery_row(c.execute(select(deliveries).where(
                 deliveries.c.job_id == job_id, deliveries.c.destination == destination,
-                deliveries.c.dataset_path == str(dataset_path))).one()
-            return delivery_row(row)
+                deliveries.c.dataset_path == str(dataset_path))).one())
+            self._enqueue(c, "delivery", row)
+            return row
 
     def delivery(self, delivery_id: int) -> DeliveryRow:
         with self.engine.connect() as c:

@@ -279,7 +279,8 @@ class InstancesMixin(LedgerStore):
         not receiving (already completed: completing twice is a no-op)."""
         now = time.time() if now is None else now
         with self._tx() as c:
-            row = c.execute(select(units.c.state, units.c.generation).where(units.c.uid == uid)).first()
+            row = c.execute(select(units.c.state, units.c.generation).where(units.c.uid == uid)
+                            .with_for_update()).first()
             if row is None or row.state != SeriesState.RECEIVING.value:
                 return None
             set_unit(c, uid, SeriesState.COMPLETE, now, completed_at=now, reason=None)
@@ -294,7 +295,7 @@ class InstancesMixin(LedgerStore):
         now = time.time() if now is None else now
         allowed = UNIT_FROM.get(state)
         with self._tx() as c:
-            row = c.execute(select(units.c.state).where(units.c.uid == uid)).first()
+            row = c.execute(select(units.c.state).where(units.c.uid == uid).with_for_update()).first()
             if row is None:
                 raise LedgerError(f"unit must exist in the ledger, got unknown UID {uid!r}")
             if allowed is None or row.state not in allowed:

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, select, update
 
 from pacsnode.errors import LedgerError
 from pacsnode.ledger.instances import UNIT_FROM, set_unit
 from pacsnode.ledger.store import LedgerStore
-from pacsnode.ledger.tables import jobs, units
-from pacsnode.states import JobState, SeriesState
+from pacsnode.ledger.tables import deliveries, jobs, units
+from pacsnode.states import DeliveryState, JobState, SeriesState
 
 __all__ = ["JobRow", "JobsMixin", "JOB_FROM"]
 
@@ -41,6 +40,7 @@ class JobRow:
     next_attempt_at: float | None
     created_at: float
     updated_at: float
+    starts: int = 0  # every start counted, never reset: the fencing token of the running attempt
 
 
 def job_row(row: Any) -> JobRow:
@@ -71,7 +71,8 @@ class JobsMixin(LedgerStore):
         move the unit to queued. A job with the same key is reset, never duplicated."""
         now = time.time() if now is None else now
         with self._tx() as c:
-            u = c.execute(select(units.c.state, units.c.generation).where(units.c.uid == unit_uid)).first()
+            u = c.execute(select(units.c.state, units.c.generation).where(units.c.uid == unit_uid)
+                          .with_for_update()).first()
             if u is None:
                 raise LedgerError(f"unit must exist in the ledger, got unknown UID {unit_uid!r}")
             if u.state not in UNIT_FROM[SeriesState.QUEUED]:
@@ -79,7 +80,7 @@ class JobsMixin(LedgerStore):
                     f"unit {unit_uid} may be queued only once complete, got state {u.state}"
                 )
             c.execute(
-                sqlite_insert(jobs)
+                self.upsert(jobs)
                 .values(
                     unit_uid=unit_uid, model_name=model_name, model_sha256=model_sha256,
                     route=route, state=JobState.QUEUED.value, generation=u.generation,
@@ -95,10 +96,11 @@ class JobsMixin(LedgerStore):
                 )
             )
             set_unit(c, unit_uid, SeriesState.QUEUED, now, route=route, reason=None)
-            row = c.execute(
+            row = job_row(c.execute(
                 select(jobs).where(jobs.c.unit_uid == unit_uid, jobs.c.model_sha256 == model_sha256)
-            ).one()
-            return job_row(row)
+            ).one())
+            self._enqueue(c, "job", row)
+            return row
 
     def job(self, job_id: int) -> JobRow:
         with self.engine.connect() as c:
@@ -116,13 +118,16 @@ class JobsMixin(LedgerStore):
 
     def _job_transition(
         self, job_id: int, state: JobState, unit_state: SeriesState | None, now: float | None,
-        **values: Any,
+        fence: int | None = None, **values: Any,
     ) -> JobRow:
         now = time.time() if now is None else now
         with self._tx() as c:
-            row = c.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = c.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
             if row is None:
                 raise LedgerError(f"job must exist in the ledger, got unknown job id {job_id}")
+            if fence is not None and row.starts != fence:
+                raise LedgerError(f"job {job_id} must still be held by start {fence} to move to "
+                                  f"{state.value}, got start {row.starts} (another worker took it over)")
             if row.state not in {s.value for s in JOB_FROM[state]}:
                 valid = ", ".join(sorted(s.value for s in JOB_FROM[state]))
                 raise LedgerError(
@@ -130,6 +135,7 @@ class JobsMixin(LedgerStore):
                 )
             if state is JobState.RUNNING:
                 values["attempts"] = row.attempts + 1
+                values["starts"] = row.starts + 1
             if state is JobState.QUEUED:
                 values.setdefault("attempts", 0)
             c.execute(update(jobs).where(jobs.c.id == job_id).values(state=state.value, updated_at=now, **values))
@@ -139,28 +145,58 @@ class JobsMixin(LedgerStore):
                 u = c.execute(select(units.c.generation, units.c.state).where(units.c.uid == row.unit_uid)).first()
                 if u is not None and u.generation == row.generation and u.state != SeriesState.RECEIVING.value:
                     set_unit(c, row.unit_uid, unit_state, now, reason=values.get("last_error"))
-            return job_row(c.execute(select(jobs).where(jobs.c.id == job_id)).one())
+            out = job_row(c.execute(select(jobs).where(jobs.c.id == job_id)).one())
+            if state in (JobState.QUEUED, JobState.RETRY):
+                self._enqueue(c, "job", out)
+            return out
 
     def start_job(self, job_id: int, *, now: float | None = None) -> JobRow:
         """queued | retry → running, one more attempt counted (committed before the work)."""
         return self._job_transition(job_id, JobState.RUNNING, SeriesState.RUNNING, now,
                                     next_attempt_at=None)
 
-    def finish_job(self, job_id: int, result_paths: Sequence[str | Path] = (), *, now: float | None = None) -> JobRow:
-        """running → done, with the paths of what it produced."""
-        return self._job_transition(job_id, JobState.DONE, SeriesState.DONE, now,
+    def finish_job(self, job_id: int, result_paths: Sequence[str | Path] = (), *, now: float | None = None,
+                   fence: int | None = None) -> JobRow:
+        """running → done, with the paths of what it produced. With ``fence`` (the ``starts`` of
+        the attempt that finishes) it is refused unless that attempt still holds the job."""
+        return self._job_transition(job_id, JobState.DONE, SeriesState.DONE, now, fence,
                                     result_paths=json.dumps([str(p) for p in result_paths]),
                                     last_error=None)
 
-    def retry_job(self, job_id: int, error: str, next_attempt_at: float, *, now: float | None = None) -> JobRow:
+    def retry_job(self, job_id: int, error: str, next_attempt_at: float, *, now: float | None = None,
+                  fence: int | None = None) -> JobRow:
         """running → retry: it failed, another attempt is due at ``next_attempt_at``."""
-        return self._job_transition(job_id, JobState.RETRY, SeriesState.QUEUED, now,
+        return self._job_transition(job_id, JobState.RETRY, SeriesState.QUEUED, now, fence,
                                     last_error=error, next_attempt_at=next_attempt_at)
 
-    def fail_job(self, job_id: int, error: str, *, now: float | None = None) -> JobRow:
+    def fail_job(self, job_id: int, error: str, *, now: float | None = None, fence: int | None = None) -> JobRow:
         """→ failed (dead letter) with the reason."""
-        return self._job_transition(job_id, JobState.FAILED, SeriesState.FAILED, now,
+        return self._job_transition(job_id, JobState.FAILED, SeriesState.FAILED, now, fence,
                                     last_error=error, next_attempt_at=None)
+
+    def fence_job(self, job_id: int, starts: int, reason: str, *, now: float | None = None) -> JobRow | None:
+        """A running job whose holder stopped answering (start ``starts``) → retry, due now.
+
+        One more start is counted, so the old holder's finish (and any delivery it would still
+        add) is refused by its fence, and the pending deliveries it added are dropped: the next
+        attempt writes its own. Returns None (nothing changed) when the job is no longer held
+        by that start."""
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            row = c.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            if row is None or row.state != JobState.RUNNING.value or row.starts != starts:
+                return None
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(
+                state=JobState.RETRY.value, starts=row.starts + 1, last_error=reason, next_attempt_at=now,
+                updated_at=now))
+            c.execute(delete(deliveries).where(deliveries.c.job_id == job_id,
+                                               deliveries.c.state == DeliveryState.PENDING.value))
+            u = c.execute(select(units.c.generation, units.c.state).where(units.c.uid == row.unit_uid)).first()
+            if u is not None and u.generation == row.generation and u.state != SeriesState.RECEIVING.value:
+                set_unit(c, row.unit_uid, SeriesState.QUEUED, now, reason=reason)
+            out = job_row(c.execute(select(jobs).where(jobs.c.id == job_id)).one())
+            self._enqueue(c, "job", out)
+            return out
 
     def requeue_job(self, job_id: int, *, now: float | None = None) -> JobRow:
         """any → queued with attempts reset (operator retry, or resume after a crash)."""

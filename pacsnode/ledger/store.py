@@ -21,8 +21,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Table, create_engine, event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import Insert
 
 from pacsnode.ledger.tables import ensure_schema
 
@@ -87,7 +89,12 @@ def set_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class LedgerStore:
-    """The engine, the receive path's connection and the writer lock."""
+    """The engine, the receive path's connection and the writer lock.
+
+    A backend for another database (:class:`pacsnode.cluster.PgLedger`) sets its own engine and
+    overrides :meth:`upsert`, :meth:`_enqueue` and the receive path's two methods; every other
+    statement is SQLAlchemy Core and runs on either.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -110,6 +117,21 @@ class LedgerStore:
 
     def _tx(self) -> _Tx:
         return _Tx(self)
+
+    def upsert(self, table: Table) -> Insert:
+        """An INSERT that supports ``on_conflict_do_update`` in this database's dialect."""
+        return sqlite_insert(table)
+
+    def _enqueue(self, c: Connection, kind: str, row: Any) -> None:
+        """Called inside the transaction that queued a job (``kind`` "job") or a delivery
+        ("delivery"): a cluster backend enqueues its work item here, in the same transaction.
+        The embedded ledger has no queue of its own (the scheduler is told after the commit)."""
+
+    def db_now(self) -> float:
+        """The ledger's clock (POSIX seconds): this machine's for SQLite, the server's for PostgreSQL."""
+        import time
+
+        return time.time()
 
     def _hot(self) -> sqlite3.Connection:
         """The ingest connection: plain sqlite3 with prepared SQL, used under the writer lock.

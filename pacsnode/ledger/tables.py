@@ -5,7 +5,9 @@ Tables
     series        one row per Series Instance UID, with the attributes routing needs
     units         the unit of work (a series, or a study when ``series.group_by = "study"``):
                   state, generation (incremented when a late instance reopens it), reason
-    jobs          one row per (unit UID, model sha256): a re-run replaces, never duplicates
+    jobs          one row per (unit UID, model sha256): a re-run replaces, never duplicates;
+                  ``starts`` counts every start and is never reset: the fencing token a
+                  finish must still hold (a worker that lost the job finishes nothing)
     deliveries    one row per (job, destination, dataset file): pending → sent | failed;
                   ``failing_since`` is when its first attempt failed (the horizon counts from it)
     destinations  one row per destination the node has tried: up | down, since when and why
@@ -102,6 +104,7 @@ jobs = Table(
     Column("state", String(16), nullable=False, index=True),
     Column("generation", Integer, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("starts", Integer, nullable=False, default=0),  # never reset: the fencing token
     Column("last_error", Text),
     Column("result_paths", Text, nullable=False, default="[]"),
     Column("next_attempt_at", Float),
@@ -142,6 +145,7 @@ destinations = Table(
 # Columns added to existing tables after the first release: (table, column, SQL type).
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "failing_since", "FLOAT"),
+    ("jobs", "starts", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
