@@ -58,7 +58,7 @@ CASES = [
     ("patch_size", [16, 16.5, 16], r"field patch_size must hold positive integers"),
     ("normalization", [], r"field normalization must be a list with one entry per input \(1\)"),
     ("normalization.0", {"scheme": "minmax"}, r"field normalization\[0\].scheme must name a normalization scheme, "
-                                              r"got 'minmax'; valid: zscore, ct, none"),
+                                              r"got 'minmax'; valid: zscore, ct, rescale01, rgb01, none"),
     ("normalization.0", {"scheme": "ct", "clip": [5, 1], "mean": 0, "std": 1},
      r"normalization\[0\].clip must be \[lo, hi\] with lo < hi"),
     ("normalization.0", {"scheme": "ct", "clip": [0, 1], "mean": 0, "std": 0},
@@ -72,7 +72,10 @@ CASES = [
     ("labels.0.category", {"scheme": "SCT", "value": "1"}, r"field labels\[0\].category.meaning is required"),
     ("labels.0.value", 2, r"field labels must have values 1..N in some order for a softmax model, got \[2\]"),
     ("postprocessing", {"largest_component": [7]}, r"postprocessing.largest_component must list label values of "
-                                                   r"the card, got \[7\]; valid: a subset of \[1\]"),
+                                                   r"the card \(or lists of them, each kept as one union\), "
+                                                   r"got \[7\]; valid: values or lists of values from \[1\]"),
+    ("postprocessing", {"largest_component": [[1, 4]]}, r"postprocessing.largest_component must list label values "
+                                                        r"of the card .*got \[\[1, 4\]\]"),
     ("crop_to_nonzero", "yes", r"field crop_to_nonzero must be a boolean, got 'yes'; valid: true or false"),
 ]
 

@@ -73,7 +73,7 @@ def write_nnunet_folder(root: Path, *, ct: bool = False, class_name: str = "Plai
 @pytest.mark.parametrize("class_name", ["PlainConvUNet", "ResidualEncoderUNet"])
 def test_import_loads_strictly_and_exports(tmp_path: Path, class_name: str) -> None:
     folder, net = write_nnunet_folder(tmp_path / "model", class_name=class_name)
-    imported = import_nnunet(folder, fold=0, configuration="3d_cascade_fullres")
+    imported = import_nnunet(folder, folds=[0], configuration="3d_fullres")
     x = torch.randn(1, 2, *PATCH)
     net.eval()
     net.decoder.deep_supervision = False
@@ -101,11 +101,11 @@ def test_ct_normalization_and_legacy_plans(tmp_path: Path) -> None:
 
 def test_import_errors_are_clear(tmp_path: Path) -> None:
     folder, _ = write_nnunet_folder(tmp_path / "model")
-    with pytest.raises(ModelError, match=r"configuration must be one of \['3d_cascade_fullres', '3d_fullres'\], "
-                                         r"got '2d'"):
+    with pytest.raises(ModelError, match=r"configuration must be the checkpoint's init_args.configuration "
+                                         r"'3d_fullres' \(nnU-Net predicts with it\), got '2d'"):
         import_nnunet(folder, configuration="2d")
-    with pytest.raises(ModelError, match=r"must contain fold_3/ for fold 3, got \['fold_0'\]"):
-        import_nnunet(folder, fold=3)
+    with pytest.raises(ModelError, match=r"must contain fold_3/ for fold '3', got \['fold_0'\]"):
+        import_nnunet(folder, folds=3)
     ckpt = folder / "fold_0" / "checkpoint_final.pth"
     state = torch.load(ckpt, weights_only=False)
     state["network_weights"].pop("decoder.seg_layers.0.weight")

@@ -41,10 +41,18 @@ LABEL_CODES: dict[str, tuple[dict[str, str], dict[str, str], list[int]]] = {
     "liver lesion": (_MORPH, {"scheme": "SCT", "value": "4147007", "meaning": "Mass"}, [255, 0, 255]),
     "lesion": (_MORPH, {"scheme": "SCT", "value": "4147007", "meaning": "Mass"}, [255, 0, 255]),
     "tumor": (_MORPH, {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"}, [255, 0, 255]),
+    # regions of region-based models (BraTS, KiTS): the union, coded as what it is
+    "whole tumor": (_MORPH, {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"}, [0, 200, 0]),
+    "tumor core": (_MORPH, {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"}, [255, 0, 0]),
+    "kidney": (_ANAT, {"scheme": "SCT", "value": "64033007", "meaning": "Kidney"}, [185, 102, 83]),
+    "masses": (_MORPH, {"scheme": "SCT", "value": "4147007", "meaning": "Mass"}, [255, 255, 0]),
+    "mass": (_MORPH, {"scheme": "SCT", "value": "4147007", "meaning": "Mass"}, [255, 255, 0]),
+    "cyst": (_MORPH, {"scheme": "SCT", "value": "367643001", "meaning": "Cyst"}, [0, 255, 255]),
 }
 _ALIASES = {"ed": "edema", "ncr": "necrotic core", "net": "necrotic core", "ncr/net": "necrotic core",
             "et": "enhancing tumor", "enhancing": "enhancing tumor", "necrotic": "necrotic core",
-            "kidney_right": "right kidney", "kidney_left": "left kidney", "necrotic core": "necrotic core"}
+            "kidney_right": "right kidney", "kidney_left": "left kidney", "necrotic core": "necrotic core",
+            "wt": "whole tumor", "tc": "tumor core", "whole tumour": "whole tumor", "tumour core": "tumor core"}
 
 # Channel name (lower-case) → (modality, SeriesDescription regular expression).
 CHANNEL_SELECTORS: dict[str, tuple[str, str]] = {
@@ -92,11 +100,16 @@ def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: 
               normalization: Sequence[Mapping[str, Any]], description: str = "",
               intended_use: str = INTENDED_USE, crop_to_nonzero: bool = True, tile_step: float = 0.5,
               mirror_axes: Sequence[int] = (), activation: str = "softmax",
-              largest_component: Sequence[int] = (), provenance: Mapping[str, Any] | None = None,
-              modalities: Sequence[str] | None = None) -> dict[str, Any]:
+              largest_component: Sequence[int | Sequence[int]] = (),
+              provenance: Mapping[str, Any] | None = None, modalities: Sequence[str] | None = None,
+              regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """A model card dict (schema ``pacsnode.model_card/1``); ``labels`` maps names to values,
-    background (value 0) is skipped."""
-    lab = sorted(((int(v), str(k)) for k, v in labels.items() if int(v) != 0))
+    background (value 0) is skipped. Softmax labels are sorted by value; sigmoid outputs keep the
+    order given (output channel c is painted with the c-th value), each with its ``regions`` entry."""
+    lab = [(int(v), str(k)) for k, v in labels.items() if int(v) != 0]
+    if activation == "softmax":
+        lab.sort()
+    regions = regions or {}
     return {
         "schema": "pacsnode.model_card/1",
         "name": name,
@@ -111,8 +124,10 @@ def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: 
         "tile_step": float(tile_step),
         "mirror_axes": [int(a) for a in mirror_axes],
         "activation": activation,
-        "labels": [label_entry(v, n) for v, n in lab],
-        "postprocessing": {"largest_component": [int(v) for v in largest_component]},
+        "labels": [{**label_entry(v, n), **({"region": [int(r) for r in regions[n]]} if n in regions else {})}
+                   for v, n in lab],
+        "postprocessing": {"largest_component": [int(v) if isinstance(v, int) else [int(x) for x in v]
+                                                 for v in largest_component]},
         "provenance": dict(provenance or {}),
     }
 

@@ -76,7 +76,22 @@ def _strip(net: nn.Module) -> nn.Module:
 
 
 def total_stride(net: nn.Module) -> tuple[int, ...]:
-    """Product of the encoder strides per axis (input sizes must be multiples of it)."""
+    """Product of the encoder strides per axis (input sizes must be multiples of it); looks through a
+    fold ensemble (``folds``) and an axis-transposing wrapper (``net`` with ``transpose_forward``)."""
+    folds = getattr(net, "folds", None)
+    if isinstance(folds, nn.ModuleList) and len(folds):
+        per_fold = [total_stride(f) for f in folds]
+        return tuple(max(s[a] for s in per_fold) for a in range(len(per_fold[0])))
+    inner = getattr(net, "net", None)
+    if isinstance(inner, nn.Module):
+        stride = total_stride(inner)
+        order = getattr(net, "transpose_forward", None)
+        if order is None:
+            return stride
+        out = [1] * len(stride)
+        for i, axis in enumerate(order):  # network axis i is the input's axis transpose_forward[i]
+            out[int(axis)] = stride[i]
+        return tuple(out)
     strides = getattr(getattr(net, "encoder", None), "strides", None)
     if not strides:
         return (1, 1, 1)

@@ -1,6 +1,12 @@
 """Import nnU-Net v2 trained model folders as teachers and deployable ONNX models."""
 
-from distillation.nnunet.importer import ImportedModel, TransposedNetwork, import_nnunet
+from distillation.nnunet.importer import (
+    FoldEnsemble,
+    ImportedModel,
+    TransposedNetwork,
+    import_nnunet,
+    node_mirror_axes,
+)
 from distillation.nnunet.plans import (
     NnunetConfiguration,
     card_labels,
@@ -10,7 +16,9 @@ from distillation.nnunet.plans import (
 )
 
 __all__ = [
+    "FoldEnsemble",
     "ImportedModel",
+    "node_mirror_axes",
     "NnunetConfiguration",
     "TransposedNetwork",
     "card_labels",

@@ -24,6 +24,8 @@ _NORMALIZATION = {
     "ZScoreNormalization": "zscore",
     "CTNormalization": "ct",
     "NoNormalization": "none",
+    "RescaleTo01Normalization": "rescale01",
+    "RGBTo01Normalization": "rgb01",
 }
 
 
@@ -118,29 +120,51 @@ def card_normalization(cfg: Mapping[str, Any], plans: Mapping[str, Any], n_chann
             out.append({"scheme": "ct", "clip": [float(p["percentile_00_5"]), float(p["percentile_99_5"])],
                         "mean": float(p["mean"]), "std": max(float(p["std"]), 1e-8)})
         else:
-            out.append({"scheme": "none"})
+            out.append({"scheme": kind})
     return out
 
 
-def card_labels(dataset: Mapping[str, Any]) -> tuple[str, dict[str, int], int]:
-    """(activation, label name → value for the card, network output channels).
+def card_labels(dataset: Mapping[str, Any]) -> tuple[str, dict[str, int], int, dict[str, list[int]]]:
+    """(activation, label name → painted value in output-channel order, network output channels,
+    region name → the labels it is the union of).
 
-    Softmax: every non-background label. Region-based (labels with lists, ``regions_class_order``):
-    sigmoid outputs in dataset.json order, painted as ``regions_class_order`` values.
+    Softmax: every non-background label; ``ignore`` (nnU-Net's ignore label) is no output. Region-based
+    (a label given as a list of two or more labels, as nnU-Net's ``LabelManager`` decides): one sigmoid
+    output per non-background region in dataset.json order, painted with ``regions_class_order``'s
+    value for that output, later outputs over earlier ones.
     """
     labels = dataset.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise ModelError(f"dataset.json labels must be a non-empty table, got {labels!r}")
-    region_based = any(isinstance(v, (list, tuple)) for v in labels.values())
+    ignore = labels.get("ignore")
+    if ignore is not None and (isinstance(ignore, (bool, list, tuple)) or not isinstance(ignore, int)):
+        raise ModelError(f"dataset.json labels.ignore must be one integer label (nnU-Net's ignore label), "
+                         f"got {ignore!r}")
+    entries = {str(k): v for k, v in labels.items() if k != "ignore"}
+    region_based = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in entries.values())
     if not region_based:
-        named = {str(k): int(v) for k, v in labels.items()}
-        return "softmax", {k: v for k, v in named.items() if v != 0}, max(named.values()) + 1
+        named = {k: int(v[0]) if isinstance(v, (list, tuple)) else int(v) for k, v in entries.items()}
+        values = sorted(named.values())
+        if values != list(range(len(values))):
+            raise ModelError(f"dataset.json labels must be 0..N without gaps for a softmax model, got {values}")
+        if ignore is not None and ignore != len(values):
+            raise ModelError(f"dataset.json labels.ignore must be the highest label ({len(values)}), as nnU-Net "
+                             f"requires, got {ignore}")
+        return "softmax", {k: v for k, v in named.items() if v != 0}, len(values), {}
     order = dataset.get("regions_class_order")
-    regions = [k for k, v in labels.items() if not (not isinstance(v, (list, tuple)) and int(v) == 0)]
+    regions = {k: [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in entries.items()}
+    regions = {k: v for k, v in regions.items() if set(v) != {0}}
     if not isinstance(order, list) or len(order) != len(regions):
         raise ModelError("dataset.json regions_class_order must give one value per region "
-                         f"({len(regions)}: {regions}), got {order!r}")
-    return "sigmoid", {name: int(v) for name, v in zip(regions, order, strict=True)}, len(regions)
+                         f"({len(regions)}: {list(regions)}), got {order!r}")
+    painted = [int(v) for v in order]
+    if len(set(painted)) != len(painted) or 0 in painted:
+        raise ModelError(f"dataset.json regions_class_order must hold distinct label values (not 0), got {order}")
+    for name, members in regions.items():
+        if not set(members) <= set(painted):
+            raise ModelError(f"dataset.json labels.{name} must be a union of the painted labels "
+                             f"(regions_class_order {painted}), got {members}")
+    return "sigmoid", dict(zip(regions, painted, strict=True)), len(regions), regions
 
 
 @dataclass(frozen=True)
@@ -156,7 +180,8 @@ class NnunetConfiguration:
     num_classes: int
     channel_names: tuple[str, ...]
     activation: str
-    labels: dict[str, int]
+    labels: dict[str, int]              # name → painted value, in output-channel order
+    regions: dict[str, list[int]]       # region-based models: name → the labels it is the union of
     spacing: tuple[float, ...]          # untransposed (z, y, x)
     patch_size: tuple[int, ...]         # untransposed (z, y, x)
     transpose_forward: tuple[int, ...]
@@ -190,7 +215,7 @@ def read_configuration(plans: Mapping[str, Any], dataset: Mapping[str, Any], con
     if not isinstance(channels, Mapping) or not channels:
         raise ModelError(f"dataset.json channel_names must be a non-empty table, got {channels!r}")
     channel_names = tuple(str(channels[k]) for k in sorted(channels, key=lambda k: int(k)))
-    activation, labels, num_classes = card_labels(dataset)
+    activation, labels, num_classes, regions = card_labels(dataset)
     class_name, arch_kwargs = _architecture(cfg, 3)
     return NnunetConfiguration(
         dataset_name=str(plans.get("dataset_name", dataset.get("name", "nnunet"))),
@@ -203,6 +228,7 @@ def read_configuration(plans: Mapping[str, Any], dataset: Mapping[str, Any], con
         channel_names=channel_names,
         activation=activation,
         labels=labels,
+        regions=regions,
         spacing=tuple(float(s) for s in _untranspose(spacing, transpose)),
         patch_size=tuple(int(p) for p in _untranspose(patch, transpose)),
         transpose_forward=tuple(int(t) for t in transpose),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pacsnode.inference.model import Model
+from pacsnode.inference.model import Model, external_data_files
 
 __all__ = ["register", "describe"]
 
@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     info = msub.add_parser("info", help="print the model card of FILE in a readable form")
     info.add_argument("file", help="model .onnx file or builtin:NAME")
+    info.add_argument("--measure", action="store_true",
+                      help="also run one window (with its mirrored runs) and report its time and peak memory")
     info.set_defaults(func=_info)
     check = msub.add_parser("check", help="validate FILE (card, input/output shapes); exit 2 naming the problem")
     check.add_argument("file", help="model .onnx file or builtin:NAME")
@@ -23,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def describe(model: Model) -> str:
     """The card as readable text."""
     c = model.card
+    folds = list(c.provenance.get("folds") or [])
+    runs = 2 ** len(c.mirror_axes)
+    extra = external_data_files(model.path)
+    size = model.path.stat().st_size + sum(p.stat().st_size for p in extra)
     lines = [
         f"{c.name} {c.version}",
         f"  file           {model.path} (sha256 {model.sha256})",
@@ -37,11 +43,19 @@ def describe(model: Model) -> str:
         f"  patch          {' × '.join(str(p) for p in c.patch_size)} voxels, tile step {c.tile_step:g}, "
         f"mirroring {list(c.mirror_axes) or 'off'}, crop to nonzero {'on' if c.crop_to_nonzero else 'off'}",
         f"  output         {c.num_outputs} channels, {c.activation}",
+        f"  folds          {len(folds)} ({', '.join(map(str, folds))}), logits averaged per window"
+        if len(folds) > 1 else (f"  folds          1 ({folds[0]})" if folds else None),
+        f"  cost           {runs} network run{'s' if runs > 1 else ''} per window"
+        + (f" (mirroring on {len(c.mirror_axes)} axes: {runs}x the time)" if c.mirror_axes else "")
+        + (f", each running {len(folds)} folds" if len(folds) > 1 else ""),
+        f"  size           {size / 1e6:.1f} MB on disk"
+        + (f" ({len(extra)} external data file)" if extra else "")
+        + f"; weights ~{size / 1e6:.1f} MB in memory (fp32), plus the runtime's activations for one window",
         "  labels",
         *(f"    {lab.value:>3} {lab.name:<18} {lab.category.scheme} {lab.category.value} "
           f"{lab.category.meaning!r} / {lab.type.scheme} {lab.type.value} {lab.type.meaning!r}  "
           f"rgb{lab.color}" for lab in c.labels),
-        f"  postprocessing largest component of {list(c.postprocessing.largest_component)}"
+        f"  postprocessing largest component of {c.postprocessing.to_dict()['largest_component']}"
         if c.postprocessing.largest_component else "  postprocessing none",
     ]
     lines.append(f"  precisions     {', '.join(c.allowed_precisions) or 'none'} allowed"
@@ -63,8 +77,32 @@ def _norm(n) -> str:
     return n.scheme
 
 
+def measure_window(model: Model) -> tuple[float, float]:
+    """(seconds, peak resident memory in MB of this process) for one window of the card's patch with
+    the card's mirrored runs, after a warm-up run."""
+    import resource
+    import time
+
+    import numpy as np
+
+    from pacsnode.inference.sliding_window import predict_sliding_window
+
+    c = model.card
+    data = np.random.default_rng(0).standard_normal((c.channels, *c.patch_size), dtype=np.float32)
+    model.predict(data[None])
+    t0 = time.perf_counter()
+    predict_sliding_window(data, model.predict, c.num_outputs, c.patch_size, mirror_axes=c.mirror_axes)
+    seconds = time.perf_counter() - t0
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _info(args: argparse.Namespace) -> int:
-    print(describe(Model.load(args.file, threads=1)))
+    model = Model.load(args.file, threads=1 if not args.measure else 2)
+    print(describe(model))
+    if args.measure:
+        seconds, peak = measure_window(model)
+        print(f"  measured       one window with its mirrored runs: {seconds:.2f} s on {model.backend} "
+              f"{model.threads} threads; peak resident memory of this process {peak:.0f} MB")
     return 0
 
 

@@ -81,8 +81,12 @@ class OnnxRuntimeRuntime:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
 
-def open_onnxruntime(data: bytes, file_name: str, threads: int, precision: str) -> OnnxRuntimeRuntime:
-    """An ORT session on the model bytes; a file ORT cannot read is one :class:`ModelError`."""
+def open_onnxruntime(data: bytes | str | Path, file_name: str, threads: int, precision: str) -> OnnxRuntimeRuntime:
+    """An ORT session on a model file's path (or its bytes); a file ORT cannot read is one :class:`ModelError`.
+
+    A path lets ONNX Runtime read weights kept as external data beside the file (a model past
+    protobuf's 2 GB limit, a five-fold ensemble) and map them instead of copying the file into memory.
+    """
     import onnxruntime as ort
 
     if precision == "bf16":
@@ -97,7 +101,8 @@ def open_onnxruntime(data: bytes, file_name: str, threads: int, precision: str) 
     # for the rest of the job (peak memory matters more than the small allocation cost here)
     opts.enable_cpu_mem_arena = False
     try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        source = str(data) if isinstance(data, Path) else data
+        session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model file must be a valid ONNX model, got {file_name} which ONNX Runtime "

@@ -34,7 +34,7 @@ __all__ = [
 
 SCHEMA = "pacsnode.model_card/1"
 METADATA_KEY = "pacsnode.model_card"
-NORMALIZATION_SCHEMES = ("zscore", "ct", "none")
+NORMALIZATION_SCHEMES = ("zscore", "ct", "rescale01", "rgb01", "none")
 ACTIVATIONS = ("softmax", "sigmoid")
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -170,7 +170,7 @@ class Normalization:
             return cls("ct", clip=(float(clip[0]), float(clip[1])), mean=_num(d["mean"], f"{path}.mean"),
                        std=_num(d["std"], f"{path}.std", positive=True))
         _keys(d, path, ("scheme",))
-        return cls("none")
+        return cls(scheme)
 
     def to_dict(self) -> dict[str, Any]:
         if self.scheme == "zscore":
@@ -182,17 +182,24 @@ class Normalization:
 
 @dataclass(frozen=True)
 class Label:
-    """One output label (softmax) or region (sigmoid)."""
+    """One output label (softmax) or region (sigmoid).
+
+    A region of a region-based (sigmoid) model is painted with ``value`` where its output is
+    above 0.5, regions later in the card overwriting earlier ones (nnU-Net's
+    ``regions_class_order``); ``region`` lists the painted values whose union *is* the region
+    (BraTS's whole tumour: [1, 2, 3]), so its segment is that union, not the voxels painted ``value``.
+    """
 
     value: int
     name: str
     category: Code
     type: Code
     color: tuple[int, int, int]
+    region: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Any, path: str) -> Label:
-        d = _keys(d, path, ("value", "name", "category", "type"), ("color",))
+        d = _keys(d, path, ("value", "name", "category", "type"), ("color", "region"))
         v = d["value"]
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 255:
             raise _err(f"{path}.value", "must be an integer label value", v, "1 to 255 (0 is background)")
@@ -200,22 +207,37 @@ class Label:
         if (not isinstance(color, list) or len(color) != 3
                 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
             raise _err(f"{path}.color", "must be an RGB triple", color, "three integers 0-255")
+        region = d.get("region", [])
+        if (not isinstance(region, list) or len(set(region)) != len(region)
+                or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 255 for r in region)):
+            raise _err(f"{path}.region", "must be a list of distinct label values", region,
+                       "integers 1-255, e.g. [1, 2, 3] for a whole tumour")
         return cls(v, _str(d["name"], f"{path}.name"), Code.from_dict(d["category"], f"{path}.category"),
-                   Code.from_dict(d["type"], f"{path}.type"), tuple(color))  # type: ignore[arg-type]
+                   Code.from_dict(d["type"], f"{path}.type"), tuple(color), tuple(region))  # type: ignore[arg-type]
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The painted values that belong to this label's segment: its region, or its own value."""
+        return self.region or (self.value,)
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "name": self.name, "category": self.category.to_dict(),
-                "type": self.type.to_dict(), "color": list(self.color)}
+                "type": self.type.to_dict(), "color": list(self.color),
+                **({"region": list(self.region)} if self.region else {})}
 
 
 @dataclass(frozen=True)
 class Postprocessing:
-    """Label values whose prediction is reduced to its largest connected component."""
+    """Largest-connected-component steps, applied in order (nnU-Net's find_best_configuration).
 
-    largest_component: tuple[int, ...] = ()
+    Each step is a label value, or a list of values whose union is reduced to its largest
+    component (the whole foreground, or a region); removed voxels become background.
+    """
+
+    largest_component: tuple[int | tuple[int, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"largest_component": list(self.largest_component)}
+        return {"largest_component": [list(s) if isinstance(s, tuple) else s for s in self.largest_component]}
 
 
 _EVIDENCE_NUMBERS = ("dice_change", "worst_dice_change", "voxel_agreement")
@@ -376,9 +398,22 @@ class ModelCard:
             raise _err("mirror_axes", "must be a list of distinct spatial axes", mirror, "a subset of [0, 1, 2]")
         post = _keys(d.get("postprocessing", {}), "postprocessing", (), ("largest_component",))
         lcc = post.get("largest_component", [])
-        if not isinstance(lcc, list) or not all(v in values for v in lcc):
-            raise _err("postprocessing.largest_component", "must list label values of the card", lcc,
-                       f"a subset of {values}")
+
+        def _step(s: Any) -> bool:
+            if isinstance(s, list):
+                return bool(s) and all(v in values and not isinstance(v, bool) for v in s)
+            return s in values and not isinstance(s, bool)
+
+        if not isinstance(lcc, list) or not all(_step(s) for s in lcc):
+            raise _err("postprocessing.largest_component", "must list label values of the card (or lists of "
+                       "them, each kept as one union)", lcc, f"values or lists of values from {values}")
+        for i, lab in enumerate(labels):
+            if lab.region and activation != "sigmoid":
+                raise _err(f"labels[{i}].region", "is only for a region-based (sigmoid) model", list(lab.region),
+                           "no region for a softmax model")
+            if not set(lab.region) <= set(values):
+                raise _err(f"labels[{i}].region", "must list label values of the card", list(lab.region),
+                           f"a subset of {values}")
         provenance = d.get("provenance", {})
         if not isinstance(provenance, Mapping):
             raise _err("provenance", "must be an object", provenance, "a JSON object")
@@ -405,7 +440,7 @@ class ModelCard:
             mirror_axes=tuple(mirror),
             activation=activation,
             labels=labels,
-            postprocessing=Postprocessing(tuple(lcc)),
+            postprocessing=Postprocessing(tuple(tuple(s) if isinstance(s, list) else s for s in lcc)),
             provenance=MappingProxyType(json.loads(json.dumps(provenance))),
             validated_precisions=precisions,
         )

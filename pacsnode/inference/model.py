@@ -35,7 +35,8 @@ from pacsnode.inference.backends import (
 from pacsnode.inference.card import METADATA_KEY, ModelCard
 from pacsnode.inference.selfcheck import Parity, compare, fixed_window
 
-__all__ = ["Model", "BUILTIN_DIR", "resolve_model_path", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["Model", "BUILTIN_DIR", "resolve_model_path", "file_sha256", "external_data_files", "INPUT_NAME",
+           "OUTPUT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,22 @@ def resolve_model_path(path: str | Path) -> Path:
     if not file.is_file():
         raise ModelError(f"model file must exist, got {str(file)!r}")
     return file
+
+
+def external_data_files(file: Path) -> list[Path]:
+    """The external-data files beside an ONNX file, by the exporter's convention ``NAME.onnx.data``."""
+    data = file.with_name(file.name + ".data")
+    return [data] if data.is_file() else []
+
+
+def file_sha256(file: Path) -> str:
+    """sha256 of the model file, then of its external data (read in 1 MiB blocks, never whole)."""
+    h = hashlib.sha256()
+    for part in (file, *external_data_files(file)):
+        with part.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _dims(shape: list[Any]) -> list[int | None]:
@@ -104,10 +121,8 @@ class Model:
         if backend not in BACKENDS:
             raise ModelError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         file = resolve_model_path(path)
-        data = file.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        reference = open_onnxruntime(data, file.name, threads, "int8" if precision == "int8" else "fp32")
-        del data
+        digest = file_sha256(file)
+        reference = open_onnxruntime(file, file.name, threads, "int8" if precision == "int8" else "fp32")
         meta = reference.metadata()
         if METADATA_KEY not in meta:
             raise ModelError(f"model file must carry a model card in metadata key {METADATA_KEY!r}, got "

@@ -130,7 +130,7 @@ def crop_to_nonzero(
 
 # ----------------------------------------------------------------------------- normalize
 def normalize(data: np.ndarray, seg: np.ndarray | None, schemes: Sequence[Any]) -> np.ndarray:
-    """Per-channel normalization as nnU-Net's ZScore/CT schemes; returns a new float32 array."""
+    """Per-channel normalization as nnU-Net's ZScore/CT/RescaleTo01/RGBTo01 schemes; a new float32 array."""
     if len(schemes) != data.shape[0]:
         raise InferenceError(f"normalization needs one scheme per channel, got {len(schemes)} for "
                              f"{data.shape[0]} channels")
@@ -164,8 +164,17 @@ def normalize(data: np.ndarray, seg: np.ndarray | None, schemes: Sequence[Any]) 
             np.clip(img, lo, hi, out=img)
             img -= np.float32(norm.mean)
             img /= np.float32(max(norm.std, 1e-8))
+        elif norm.scheme == "rescale01":  # nnU-Net's RescaleTo01Normalization
+            img -= img.min()
+            img /= np.float32(max(float(img.max()), 1e-8))
+        elif norm.scheme == "rgb01":  # nnU-Net's RGBTo01Normalization
+            if img.size and (img.min() < 0 or img.max() > 255):
+                raise InferenceError(f"normalization rgb01 needs channel {c} in 0..255 (8-bit RGB), got "
+                                     f"[{float(img.min()):g}, {float(img.max()):g}]")
+            img /= np.float32(255.0)
         elif norm.scheme != "none":
-            raise InferenceError(f"normalization scheme must be zscore, ct or none, got {norm.scheme!r}")
+            raise InferenceError(f"normalization scheme must be zscore, ct, rescale01, rgb01 or none, "
+                                 f"got {norm.scheme!r}")
     return out
 
 

@@ -35,6 +35,13 @@ class CardLabel:
     category: CodeValue
     type: CodeValue
     color: tuple[int, int, int] | None = None
+    region: tuple[int, ...] = ()   # a region-based model's region: the painted values whose union it is
+    channel: int | None = None     # its position in the card's labels (a sigmoid model's output channel)
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The label-map values inside this segment: the region's, or the label's own value."""
+        return self.region or (self.value,)
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,12 @@ def _label(obj: Any, index: int) -> CardLabel:
         raise ResultsError(f"model card {where}.value must be an integer from 1 to 255, got {value!r}")
     color = None
     if isinstance(obj, Mapping):
-        color = obj.get("color")
+        color, region = obj.get("color"), obj.get("region") or ()
     else:
-        color = getattr(obj, "color", None)
+        color, region = getattr(obj, "color", None), getattr(obj, "region", ()) or ()
     return CardLabel(
+        region=tuple(int(v) for v in region),
+        channel=index,
         value=value,
         name=str(_field(obj, "name", where)),
         category=_code(_field(obj, "category", where), f"{where}.category"),

@@ -42,8 +42,9 @@ def segment_volumes_ml(
     affine: np.ndarray | None = None,
     spacing: Sequence[float] | None = None,
 ) -> dict[int, float]:
-    """Label value → volume in mL (voxel count × voxel volume), for every card label (0.0 if absent)."""
+    """Label value → volume in mL (voxel count × voxel volume), for every card label (0.0 if absent);
+    a region's volume is its union's."""
     rc = result_card(card)
     unit = voxel_volume_ml(affine, spacing)
     counts = np.bincount(np.asarray(labels).ravel().astype(np.int64), minlength=256)
-    return {lb.value: float(counts[lb.value]) * unit for lb in rc.labels}
+    return {lb.value: float(sum(counts[v] for v in lb.members)) * unit for lb in rc.labels}

@@ -1,0 +1,162 @@
+"""Train tiny real nnU-Net v2 models on the phantoms, for the parity check (docs/nnunet-parity.md).
+
+Runs in the project's venv; nnU-Net itself runs as subprocesses from a throw-away virtualenv
+(``--nnunet-venv``, default /work/nnunet-venv; see docs/nnunet-parity.md for how to make it, and
+for the ``nnUNetTrainer_Tiny`` trainer file it needs: 4 epochs of 60 iterations). Never install
+nnunetv2 into the project's venv.
+
+    nice -n 10 .venv/bin/python benchmarks/nnunet_parity_train.py --work /work/nnunet-work \
+        --datasets brain brain_regions kits_order ct --folds brain=0,1,2,3,4
+
+Each dataset: phantoms → raw dataset (training cases at one spacing, test cases at another so both
+sides resample), fingerprint, plans shrunk to a 3-stage PlainConvUNet (features 4-16), preprocess,
+``nnUNetv2_train`` per fold on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRAINER = "nnUNetTrainer_Tiny"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parity dataset: id, name, phantom kind, spacings, labels (None = the phantom's own)."""
+
+    dataset_id: int
+    name: str
+    kind: str                      # brain | ct
+    train_spacing: tuple[float, float, float]
+    test_spacing: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    labels: dict | None = None
+    regions_class_order: list[int] | None = None
+    n_train: int = 10
+    n_test: int = 2
+
+
+SPECS = {
+    "brain": Spec(901, "ParityBrain", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (32, 40, 32)),
+    "brain_regions": Spec(902, "ParityBrainRegions", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (32, 40, 32),
+                          labels={"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
+                                  "enhancing_tumor": [3]}, regions_class_order=[1, 2, 3]),
+    # KiTS23's shape: kidney = all, masses = {2, 3} painted 3, tumor = {2} painted 2 last.
+    "kits_order": Spec(903, "ParityKitsOrder", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (32, 40, 32),
+                       labels={"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2},
+                       regions_class_order=[1, 3, 2]),
+    "ct": Spec(904, "ParityCT", "ct", (6.0, 5.0, 5.0), (5.0, 6.0, 6.0), (24, 40, 40)),
+}
+
+
+def _case(spec: Spec, seed: int, spacing: tuple[float, float, float]):
+    from distillation.phantoms import generate_brain_case, generate_ct_case
+
+    if spec.kind == "brain":
+        return generate_brain_case(seed, spacing, tumor_radius_mm=(15.0, 35.0))
+    return generate_ct_case(seed, spacing)
+
+
+def write_raw(spec: Spec, raw: Path) -> Path:
+    from distillation.phantoms.nnunet_raw import dataset_folder, write_case, write_dataset_json
+
+    folder = dataset_folder(raw, spec.dataset_id, spec.name)
+    if (folder / "dataset.json").is_file():
+        return folder
+    first = None
+    for n in range(spec.n_train):
+        case = _case(spec, 1000 * spec.dataset_id + n, spec.train_spacing)
+        first = first or case
+        write_case(case, folder, f"case_{n:04d}")
+    for n in range(spec.n_test):
+        write_case(_case(spec, 1000 * spec.dataset_id + 500 + n, spec.test_spacing), folder,
+                   f"case_{spec.n_train + n:04d}", test=True)
+    write_dataset_json(folder, first.channels, first.label_names, spec.n_train, modality=first.modality,
+                       num_test=spec.n_test)
+    if spec.labels is not None:
+        ds = json.loads((folder / "dataset.json").read_text())
+        ds["labels"] = spec.labels
+        ds["regions_class_order"] = spec.regions_class_order
+        (folder / "dataset.json").write_text(json.dumps(ds, indent=2) + "\n")
+    return folder
+
+
+def shrink_plans(path: Path, patch: tuple[int, int, int]) -> None:
+    """3d_fullres → a 3-stage PlainConvUNet (features 4, 8, 16), the given patch, batch 2."""
+    plans = json.loads(path.read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    cfg["patch_size"] = list(patch)
+    cfg["batch_size"] = 2
+    kw = cfg["architecture"]["arch_kwargs"]
+    kw.update({"n_stages": 3, "features_per_stage": [4, 8, 16], "kernel_sizes": [[3, 3, 3]] * 3,
+               "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+               "n_conv_per_stage_decoder": [2, 2]})
+    for name in list(plans["configurations"]):
+        if name not in ("3d_fullres",):
+            del plans["configurations"][name]
+    path.write_text(json.dumps(plans, indent=2))
+
+
+def env(work: Path) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update({"nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
+              "nnUNet_results": str(work / "results"), "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "2",
+              "nnUNet_compile": "false"})
+    return e
+
+
+def sh(venv: Path, args: list[str], work: Path) -> None:
+    cmd = ["nice", "-n", "10", str(venv / "bin" / args[0]), *args[1:]]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env(work))
+
+
+def prepare(spec: Spec, work: Path, venv: Path) -> None:
+    write_raw(spec, work / "raw")
+    plans = work / "preprocessed" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / "nnUNetPlans.json"
+    if (plans.parent / "nnUNetPlans_3d_fullres").is_dir():
+        return
+    sh(venv, ["nnUNetv2_extract_fingerprint", "-d", str(spec.dataset_id), "-np", "1"], work)
+    sh(venv, ["nnUNetv2_plan_experiment", "-d", str(spec.dataset_id)], work)
+    shrink_plans(plans, spec.patch)
+    sh(venv, ["nnUNetv2_preprocess", "-d", str(spec.dataset_id), "-c", "3d_fullres", "-np", "1"], work)
+
+
+def train(spec: Spec, work: Path, venv: Path, folds: list[str]) -> None:
+    results = work / "results" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    for fold in folds:
+        if (results / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            continue
+        sh(venv, ["nnUNetv2_train", str(spec.dataset_id), "3d_fullres", fold, "-tr", TRAINER, "-device", "cpu"],
+           work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path("/work/nnunet-work"))
+    p.add_argument("--nnunet-venv", type=Path, default=Path("/work/nnunet-venv"))
+    p.add_argument("--datasets", nargs="+", default=list(SPECS), choices=list(SPECS))
+    p.add_argument("--folds", nargs="*", default=[], help="NAME=0,1,2 (default fold 0)")
+    args = p.parse_args(argv)
+    folds = {k: v.split(",") for k, v in (f.split("=") for f in args.folds)}
+    np.seterr(all="ignore")
+    for name in args.datasets:
+        spec = SPECS[name]
+        prepare(spec, args.work, args.nnunet_venv)
+        train(spec, args.work, args.nnunet_venv, folds.get(name, ["0"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
