@@ -8,6 +8,11 @@ A routed unit's job runs the :class:`~pacsnode.processor.Processor` (volumes →
 SEG / SR → outbox rows) and the :class:`~pacsnode.dispatcher.Dispatcher` sends the outbox
 to the destinations. ``Node(settings, work=fn)`` replaces the processing with any
 ``fn(job: JobRow) -> result paths`` (tests use it to make a job fail on purpose).
+
+With a ``[cluster]`` section the ledger and the scheduler are PostgreSQL's and procrastinate's
+(:mod:`pacsnode.cluster`), and ``roles`` says what this process does: ``receiver`` (the SCP and
+STOW-RS, spool and ledger rows, the units' timers) and/or ``worker`` (completeness, routing,
+deliveries and model jobs taken from the cluster's queue). Embedded, a node holds both.
 """
 
 from __future__ import annotations
@@ -88,16 +93,27 @@ def model_sha256(file: str) -> str:
 class Node:
     """One running pacsnode."""
 
-    def __init__(self, settings: Settings, *, work: JobWork | None = None) -> None:
+    def __init__(self, settings: Settings, *, work: JobWork | None = None,
+                 roles: frozenset[str] = frozenset({"receiver", "worker"})) -> None:
         self.settings = settings
+        self.roles = roles
+        cluster = settings.cluster
         state_dir = Path(settings.node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.facts = NodeFacts.from_settings(settings)
         self.spool = Spool(state_dir, fsync=settings.node.fsync, journal=settings.node.spool_journal,
-                           min_free_mb=settings.node.min_free_disk_mb, on_restored=self._files_restored)
-        self.ledger = Ledger(state_dir / "ledger.sqlite")
-        self.scheduler = Scheduler(state_dir, settings.scheduler)
+                           min_free_mb=settings.node.min_free_disk_mb, on_restored=self._files_restored,
+                           root=cluster.spool_dir if cluster is not None else None)
+        self.ledger: Ledger
+        self.scheduler: Any
+        if cluster is None:
+            self.ledger = Ledger(state_dir / "ledger.sqlite")
+            self.scheduler = Scheduler(state_dir, settings.scheduler)
+        else:
+            from pacsnode.cluster import open_cluster
+
+            self.ledger, self.scheduler = open_cluster(settings)
         self.dispatcher = Dispatcher(settings, self.ledger, self.scheduler, observe=self.metrics.observe,
                                      count=self.metrics.inc)
         self.processor = Processor(
@@ -129,6 +145,11 @@ class Node:
         self._watchdog: threading.Thread | None = None
         self._started = False
         self.on_complete_hooks: list[Callable[[str, int], None]] = []
+        self.worker: Any = None
+        if cluster is not None:
+            from pacsnode.cluster.roles import join_cluster
+
+            join_cluster(self, cluster)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -140,8 +161,10 @@ class Node:
         register_handler(PROBE_HANDLER, self.dispatcher.probe)
         register_handler(UPKEEP_HANDLER, self.upkeep)
         self.spool.open()
-        self.reindex()
-        if self._warm_models:
+        receiver = "receiver" in self.roles
+        if receiver:
+            self.reindex()
+        if self._warm_models and "worker" in self.roles:
             self._warm_thread = threading.Thread(target=self.processor.warm_up, name="warm-up", daemon=True)
             self._warm_thread.start()
         self.scheduler.start()
@@ -149,8 +172,11 @@ class Node:
         self.scheduler.every("retention", self.settings.retention.interval_minutes * 60, RETENTION_HANDLER)
         self.scheduler.every("upkeep", UPKEEP_SECONDS, UPKEEP_HANDLER)
         self.audit.start()
-        self.scp.start()
-        self.stow = _start_stow(self.settings, self.receiver)
+        if receiver:
+            self.scp.start()
+            self.stow = _start_stow(self.settings, self.receiver)
+        if self.worker is not None:
+            self.worker.start()
         m = self.settings.metrics
         if m.port:
             self.status_server = StatusServer(m.bind_address, m.port, self.ledger, self.metrics, self.healthy,
@@ -172,8 +198,11 @@ class Node:
         self._started = False
         self._stop.set()
         sd_notify("STOPPING=1")
-        LOG.info("stopping: no new associations; waiting for %d in flight", len(self.scp.active()))
-        self.scp.stop(grace)
+        if self.scp.server is not None:
+            LOG.info("stopping: no new associations; waiting for %d in flight", len(self.scp.active()))
+            self.scp.stop(grace)
+        if self.worker is not None:
+            self.worker.stop(grace)
         if self.stow is not None:
             self.stow.stop()
         self.scheduler.shutdown(wait=True)
@@ -212,6 +241,9 @@ class Node:
             self.ledger.instance_count()
         except Exception:
             return False
+        if self.settings.cluster is not None:
+            return (self._started and ("receiver" not in self.roles or self.scp.server is not None)
+                    and (self.worker is None or self.worker.running))
         return self._started and self.scheduler.aps.running and self.scp.server is not None
 
     def _pet_watchdog(self, interval: float) -> None:
@@ -254,6 +286,11 @@ class Node:
 
     def resume(self) -> None:
         """Pick up whatever the ledger shows mid-way."""
+        if self.settings.cluster is not None:
+            from pacsnode.cluster.roles import resume_cluster
+
+            resume_cluster(self)
+            return
         armed = self.completeness.resume()
         completed = self.ledger.units([SeriesState.COMPLETE])
         for u in completed:

@@ -86,6 +86,9 @@ class Processor:
         self.results_dir = Path(settings.node.state_dir) / "results"
         self.on_outputs = on_outputs
         self.observe = observe or (lambda _name, _seconds: None)
+        # A cluster's workers: one results folder per start (``<job>.<starts>``), and outbox rows
+        # only while this start still holds the job (a worker that lost it queues nothing).
+        self.per_attempt = False
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
 
@@ -127,8 +130,9 @@ class Processor:
         timings = {"read": read_s, **prediction.timings}
         self.observe("inference", sum(prediction.timings.values()))
 
-        out_dir = self.results_dir / str(job.id)
-        staging = self.results_dir / f".{job.id}.partial"
+        folder = f"{job.id}.{job.starts}" if self.per_attempt else str(job.id)
+        out_dir = self.results_dir / folder
+        staging = self.results_dir / f".{folder}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:  # a failed write (e.g. no space left) must not leave half a results folder behind
             staging.mkdir(parents=True)
@@ -159,7 +163,8 @@ class Processor:
             if kind == "nifti":
                 continue
             for dest in route.destinations:
-                delivery_ids.append(self.ledger.add_delivery(job.id, dest, out_dir / path.name).id)
+                delivery_ids.append(self.ledger.add_delivery(
+                    job.id, dest, out_dir / path.name, fence=job.starts if self.per_attempt else None).id)
         LOG.info("job %s: %s on unit %s → %s; %d deliveries queued", job.id, card.name, job.unit_uid,
                  ", ".join(outputs), len(delivery_ids))
         if self.on_outputs is not None and delivery_ids:

@@ -267,10 +267,10 @@ class JobRunner:
             self._failed(job, exc)
         else:
             try:
-                self.ledger.finish_job(job_id, results, now=self.clock())
+                self.ledger.finish_job(job_id, results, now=self.clock(), fence=job.starts)
                 LOG.info("job %s done (%d results)", job_id, len(results))
             except LedgerError:
-                LOG.info("job %s was re-queued while it ran; its results are superseded", job_id)
+                LOG.info("job %s was re-queued or taken over while it ran; its results are superseded", job_id)
             self._forget(job_id)
         finally:
             # A late instance may have re-queued the job while it ran (the scheduler skipped
@@ -307,7 +307,8 @@ class JobRunner:
                     uncounted, streak = self._uncounted.get(job.id, (0, 0))
                     self._uncounted[job.id] = (uncounted + 1, streak + 1)
                 delay = backoff_delay(streak + 1, self.settings)
-                self.ledger.retry_job(job.id, f"{_NO_SPACE}: {error}"[:2000], now + delay, now=now)
+                self.ledger.retry_job(job.id, f"{_NO_SPACE}: {error}"[:2000], now + delay, now=now,
+                                      fence=job.starts)
                 LOG.error("job %s attempt %d found no space to write its results (%s); not counted as an "
                           "attempt, retry in %.0f s until space is freed", job.id, job.attempts, error, delay)
                 self.submit(job.id, now + delay)
@@ -321,7 +322,7 @@ class JobRunner:
                 if not self._still_running(job):
                     raise LedgerError(f"job {job.id} is no longer running")
                 reason = error if kind == "permanent" else f"{error} (after {counted} attempts)"
-                self.ledger.fail_job(job.id, reason, now=now)
+                self.ledger.fail_job(job.id, reason, now=now, fence=job.starts)
                 self._forget(job.id)
                 if kind == "permanent":
                     LOG.error("job %s failed on its data, not retried: %s", job.id, error)
@@ -329,7 +330,7 @@ class JobRunner:
                     LOG.error("job %s failed after %d attempts: %s", job.id, counted, error)
                 return
             delay = backoff_delay(counted, self.settings)
-            self.ledger.retry_job(job.id, error, now + delay, now=now)
+            self.ledger.retry_job(job.id, error, now + delay, now=now, fence=job.starts)
             LOG.warning("job %s attempt %d failed (%s); retry in %.0f s", job.id, counted, error, delay)
             self.submit(job.id, now + delay)
         except LedgerError:

@@ -29,6 +29,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES: tuple[str, ...] = (
     "pacsnode.cli.demo",
     "pacsnode.cli.serve",
+    "pacsnode.cli.worker",
     "pacsnode.cli.status",
     "pacsnode.cli.jobs",
     "pacsnode.cli.deliveries",

@@ -57,11 +57,14 @@ class Spool:
 
     ``min_free_mb`` is the hard free-space rule: :meth:`ensure_room` refuses bytes that would
     leave less, and the journal takes no new segment that would. ``on_restored`` hears of
-    files the journal put back at run time (their write-behind had failed, e.g. disk full)."""
+    files the journal put back at run time (their write-behind had failed, e.g. disk full).
+    ``root`` puts the instance files elsewhere (a cluster's shared storage); the journal stays
+    in ``<state_dir>/journal`` on the local disk."""
 
     def __init__(self, state_dir: str | Path, *, fsync: bool = True, journal: bool = False,
-                 min_free_mb: float = 0.0, on_restored: Callable[[list[Path]], None] | None = None) -> None:
-        self.root = Path(state_dir) / "spool"
+                 min_free_mb: float = 0.0, on_restored: Callable[[list[Path]], None] | None = None,
+                 root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else Path(state_dir) / "spool"
         self.fsync = fsync
         self.min_free_mb = min_free_mb
         self.on_restored = on_restored
