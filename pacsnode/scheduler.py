@@ -334,7 +334,7 @@ class JobRunner:
             LOG.warning("job %s attempt %d failed (%s); retry in %.0f s", job.id, counted, error, delay)
             self.submit(job.id, now + delay)
         except LedgerError:
-            LOG.info("job %s was re-queued while it ran; its failure is superseded", job.id)
+            LOG.info("job %s was re-queued or taken over while it ran; its failure is superseded", job.id)
 
 
 _NO_SPACE = "no space for results"

@@ -8,6 +8,7 @@ from a worker that lost its job.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -71,5 +72,59 @@ def test_one_study_over_two_receivers_is_one_unit_one_job_one_seg(cluster: Clust
         time.sleep(2 * cluster.stable_seconds)  # nothing more happens: no second timer, no second job
         assert len(ledger.jobs()) == 1 and ledger.job(job.id).starts == 1
         assert len(orthanc.get("/instances")) == 2
+    finally:
+        ledger.close()
+
+
+def _job_running(ledger: PgLedger) -> int:
+    """Wait (polling the ledger every 10 ms) until a job runs; its id."""
+    def running() -> int | None:
+        jobs = ledger.jobs([JobState.RUNNING])
+        return jobs[0].id if jobs else None
+    return wait_for(running, 90, "a job to run", interval=0.01)
+
+
+def test_a_worker_killed_mid_job_leaves_it_to_another_done_on_the_second_attempt(
+        cluster: Cluster, orthanc: OrthancServer) -> None:
+    files = study_files(cluster.root / "study", slices=24, size=96)
+    a = cluster.receiver("receiver-a")
+    w1 = cluster.worker("worker-1")
+    assert storescu(a.host, a.port, files).returncode == 0
+    ledger = PgLedger(cluster.dsn)
+    try:
+        job_id = _job_running(ledger)
+        w1.kill9()
+        assert ledger.job(job_id).state is JobState.RUNNING  # killed before it finished
+        cluster.worker("worker-2")
+        _one_result(ledger, orthanc)
+        job = ledger.job(job_id)
+        assert (job.state, job.attempts, job.starts) == (JobState.DONE, 2, 3)
+        assert "stopped answering" in (ledger.unit(job.unit_uid).reason or "") or job.last_error is None
+        assert {Path(d.dataset_path).parent.name for d in ledger.deliveries()} == {f"{job_id}.3"}
+    finally:
+        ledger.close()
+
+
+def test_a_frozen_worker_past_the_stall_timeout_finishes_nothing(cluster: Cluster,
+                                                                 orthanc: OrthancServer) -> None:
+    files = study_files(cluster.root / "study", slices=24, size=96)
+    a = cluster.receiver("receiver-a")
+    w1 = cluster.worker("worker-1")
+    assert storescu(a.host, a.port, files).returncode == 0
+    ledger = PgLedger(cluster.dsn)
+    try:
+        job_id = _job_running(ledger)
+        w1.signal(signal.SIGSTOP)
+        cluster.worker("worker-2")  # takes the job once worker-1 has been silent for stall_seconds
+        _one_result(ledger, orthanc)
+        assert (ledger.job(job_id).state, ledger.job(job_id).starts) == (JobState.DONE, 3)
+        w1.cont()  # it wakes up and finishes its copy of the work: refused
+        wait_for(lambda: "superseded" in w1.log.read_text(errors="replace"), 60,
+                 "worker-1's finish to be refused")
+        time.sleep(2.0)  # anything it could still send would be on its way by now
+        assert _modalities(orthanc) == ["SEG", "SR"]
+        assert {Path(d.dataset_path).parent.name for d in ledger.deliveries()} == {f"{job_id}.3"}
+        job = ledger.job(job_id)
+        assert (job.state, job.attempts, job.starts) == (JobState.DONE, 2, 3)
     finally:
         ledger.close()
