@@ -128,3 +128,89 @@ def test_a_frozen_worker_past_the_stall_timeout_finishes_nothing(cluster: Cluste
         assert (job.state, job.attempts, job.starts) == (JobState.DONE, 2, 3)
     finally:
         ledger.close()
+
+
+def _send_and_kill_after(receiver, files: list[Path], acknowledged: int) -> int:  # type: ignore[no-untyped-def]
+    """storescu ``files`` to ``receiver``; SIGKILL the receiver once ``acknowledged`` C-STOREs got
+    Success. Returns how many got Success in all (files go in order; the first n were acknowledged)."""
+    import subprocess
+
+    proc = subprocess.Popen(["/usr/bin/storescu", "-v", "-aet", "STORESCU", "-aec", "PACSNODE", receiver.host,
+                             str(receiver.port), *map(str, files)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={"TCP_NODELAY": "1"})
+    ok = 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Received Store Response" in line:
+            if "(Success)" not in line:
+                break
+            ok += 1
+            if ok == acknowledged:
+                receiver.kill9()
+    proc.wait(30)
+    return ok
+
+
+def test_a_receiver_killed_mid_association_loses_no_acknowledged_instance(cluster: Cluster) -> None:
+    import pydicom
+
+    files = study_files(cluster.root / "study", slices=150, size=32)
+    a = cluster.receiver("receiver-a")
+    acked = _send_and_kill_after(a, files, 40)
+    assert 40 <= acked < len(files), acked
+    a.start()  # the same receiver again: its journal puts back what it had acknowledged
+    ledger = PgLedger(cluster.dsn)
+    try:
+        for f in files[:acked]:
+            sop = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            path = ledger.instance_path(sop)
+            assert path is not None, f"acknowledged {f.name} is not in the ledger"
+            wait_for(path.is_file, 10, f"{path} on the shared spool")
+            assert pydicom.dcmread(path).SOPInstanceUID == sop
+        (unit,) = ledger.units()
+        assert unit.instance_count >= acked
+    finally:
+        ledger.close()
+
+
+def test_postgresql_restarted_under_load_no_success_without_a_commit(cluster: Cluster, pg_server) -> None:  # type: ignore[no-untyped-def]
+    import re
+    import subprocess
+
+    import pydicom
+
+    files = study_files(cluster.root / "study", slices=200, size=32)
+    a = cluster.receiver("receiver-a")
+    proc = subprocess.Popen(["/usr/bin/storescu", "-v", "--no-halt", "-aet", "STORESCU", "-aec", "PACSNODE",
+                             a.host, str(a.port), *map(str, files)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={"TCP_NODELAY": "1"})
+    statuses: list[str] = []
+    restart: threading.Thread | None = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"Received Store Response \((.+?)\)", line)
+        if m:
+            statuses.append(m.group(1))
+            if len(statuses) == 30:  # PostgreSQL goes away under the association, for a second
+                restart = threading.Thread(target=pg_server.restart, kwargs={"down_for": 1.0})
+                restart.start()
+    proc.wait(60)
+    assert restart is not None
+    restart.join()
+    assert len(statuses) == len(files), statuses[-3:]
+    refused = [i for i, s in enumerate(statuses) if s != "Success"]
+    assert refused, "the restart must have refused some instances (else this test proves nothing)"
+    ledger = PgLedger(cluster.dsn)
+    try:
+        for i, f in enumerate(files):
+            sop = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            if statuses[i] == "Success":
+                assert ledger.instance_path(sop) is not None, f"{f.name} got Success without a ledger row"
+        # the sender tries the refused ones again: all in, one unit
+        again = storescu(a.host, a.port, [files[i] for i in refused])
+        assert again.returncode == 0, again.stderr[-500:]
+        assert ledger.instance_count() == len(files)
+        (unit,) = ledger.units()
+        assert unit.instance_count == len(files)
+    finally:
+        ledger.close()
