@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 import pacsnode
 from pacsnode.errors import ResultsError
 from pacsnode.results.card import result_card
+from pacsnode.results.image_library import insert_image_library
 from pacsnode.results.seg import seg_series_description, segment_numbers
 from pacsnode.results.volumes import segment_volumes_ml
 
@@ -128,9 +129,6 @@ def write_sr(
         procedure_reported=_PROCEDURES.get(str(sources[0].get("Modality", "")), _IMAGING_PROCEDURE),
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
-        # the Image Library (TID 1600) lists the source images, for viewers (AIR); highdicom describes
-        # classic single-frame images only, so an Enhanced multi-frame source gets none
-        referenced_images=sources if all("PixelSpacing" in d for d in sources) else None,
     )
     try:
         sr = hd.sr.Comprehensive3DSR(
@@ -145,6 +143,12 @@ def write_sr(
             series_description=seg_series_description(rc, "SR"),
             software_versions=f"pacsnode {pacsnode.__version__}",
         )
+        # the Image Library (TID 1600) lists the source images, for viewers (AIR); added once the
+        # SR is built, so that highdicom does not copy and re-parse an entry per slice
+        # (image_library.py); highdicom describes classic single-frame images only, so an
+        # Enhanced multi-frame source gets none
+        if all("PixelSpacing" in d for d in sources):
+            insert_image_library(sr, sources)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ResultsError(f"the SR could not be built: {exc}") from exc
     log.info("SR %s for SEG %s: %d segments", sr.SOPInstanceUID, seg_dataset.SOPInstanceUID, len(groups))
