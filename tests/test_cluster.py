@@ -214,3 +214,95 @@ def test_postgresql_restarted_under_load_no_success_without_a_commit(cluster: Cl
         assert unit.instance_count == len(files)
     finally:
         ledger.close()
+
+
+def _send_until_stored(receivers, files: list[Path], deadline: float) -> None:  # type: ignore[no-untyped-def]
+    """As a PACS does: send, and send again what was not acknowledged, alternating receivers."""
+    import re
+    import subprocess
+
+    todo = list(files)
+    turn = 0
+    while todo and time.monotonic() < deadline:
+        r = receivers[turn % len(receivers)]
+        turn += 1
+        out = subprocess.run(["/usr/bin/storescu", "-v", "--no-halt", "-aet", "STORESCU", "-aec", "PACSNODE", r.host,
+                              str(r.port), *map(str, todo)], capture_output=True, text=True, env={"TCP_NODELAY": "1"},
+                             timeout=60)
+        said = re.findall(r"Received Store Response \((.+?)\)", out.stdout + out.stderr)
+        todo = [f for i, f in enumerate(todo) if i >= len(said) or said[i] != "Success"]
+        if todo:
+            time.sleep(0.3)
+    assert not todo, f"{len(todo)} instances never acknowledged"
+
+
+def test_chaos_random_kills_lose_nothing_and_duplicate_nothing(cluster: Cluster, orthanc: OrthancServer) -> None:
+    import os
+    import random
+
+    seed = int(os.environ.get("PACSNODE_CHAOS_SEED", time.time() % 10000))  # printed: rerun a failure with it
+    rng = random.Random(seed)
+    print(f"chaos seed {seed} (PACSNODE_CHAOS_SEED)")
+    studies = [study_files(cluster.root / f"study{k}", slices=10, size=48, seed=10 + k) for k in range(4)]
+    receivers = [cluster.receiver("receiver-a", "127.0.0.1"), cluster.receiver("receiver-b", "127.0.0.2")]
+    workers = [cluster.worker("worker-1"), cluster.worker("worker-2")]
+    stop = threading.Event()
+    done_chaos: list[str] = []
+
+    def chaos() -> None:
+        while not stop.wait(rng.uniform(1.0, 3.0)):
+            w = rng.choice(workers)
+            if rng.random() < 0.5:
+                w.kill9()
+                done_chaos.append(f"kill -9 {w.config.stem}")
+                w.start()
+            else:
+                w.signal(signal.SIGSTOP)
+                time.sleep(cluster.stall_seconds + rng.uniform(0.5, 2.0))
+                w.cont()
+                done_chaos.append(f"SIGSTOP/SIGCONT {w.config.stem}")
+            if rng.random() < 0.3:
+                r = receivers[1]
+                r.kill9()
+                done_chaos.append("kill -9 receiver-b")
+                time.sleep(0.5)
+                r.start()
+
+    chaos_thread = threading.Thread(target=chaos)
+    chaos_thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        senders = [threading.Thread(target=_send_until_stored, args=(receivers[k % 2:] + receivers[:k % 2], fs,
+                                                                     deadline)) for k, fs in enumerate(studies)]
+        for t in senders:
+            t.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+        for t in senders:
+            t.join()
+        time.sleep(rng.uniform(2.0, 5.0))  # let the chaos reach the jobs too
+    finally:
+        stop.set()
+        chaos_thread.join()
+    print("chaos:", "; ".join(done_chaos))
+    ledger = PgLedger(cluster.dsn)
+    try:
+        wait_for(lambda: len(ledger.deliveries([DeliveryState.SENT])) == 2 * len(studies), 180,
+                 "a SEG and an SR for every study")
+        time.sleep(3.0)
+        # the invariants: nothing lost, nothing duplicated
+        assert ledger.instance_count() == sum(len(fs) for fs in studies)
+        units = ledger.units()
+        assert len(units) == len(studies) and all(u.state is SeriesState.DONE for u in units)
+        jobs = ledger.jobs()
+        assert len(jobs) == len(studies) and all(j.state is JobState.DONE for j in jobs)
+        rows = ledger.deliveries()
+        assert len(rows) == 2 * len(studies) and all(d.state is DeliveryState.SENT for d in rows)
+        by_job = {j.id: j for j in jobs}
+        for d in rows:  # only the start that finished a job queued its output
+            assert Path(d.dataset_path).parent.name == f"{d.job_id}.{by_job[d.job_id].starts}", d
+        assert _modalities(orthanc) == ["SEG"] * len(studies) + ["SR"] * len(studies)
+        studies_at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["StudyInstanceUID"]
+                           for i in orthanc.get("/instances")}
+        assert studies_at_pacs == {u.study_uid for u in units}
+    finally:
+        ledger.close()
