@@ -21,8 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def open_ledger(config: str) -> Ledger:
-    """The ledger of the node that ``config`` describes; refuses to create a new one."""
+    """The ledger of the node that ``config`` describes; refuses to create a new one. With
+    [cluster], the cluster's PostgreSQL ledger (a job or delivery retried here is queued with it)."""
     settings = load_settings(config)
+    if settings.cluster is not None:
+        from pacsnode.cluster import open_cluster
+
+        return open_cluster(settings)[0]
     path = Path(settings.node.state_dir) / "ledger.sqlite"
     if not path.exists():
         raise ConfigError(f"node.state_dir must hold a ledger (has the node run?), got no {path}")
