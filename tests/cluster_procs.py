@@ -45,6 +45,7 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         self.model = self.root / "threshold.onnx"
         threshold_model(self.model, make_card(channels=1, labels=1, patch_size=(8, 32, 32)), threshold=100.0)
         (self.root / "shared").mkdir(parents=True, exist_ok=True)
