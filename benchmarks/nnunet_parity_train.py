@@ -1,9 +1,9 @@
 """Train tiny real nnU-Net v2 models on the phantoms, for the parity check (docs/nnunet-parity.md).
 
 Runs in the project's venv; nnU-Net itself runs as subprocesses from a throw-away virtualenv
-(``--nnunet-venv``, default /work/nnunet-venv; see docs/nnunet-parity.md for how to make it, and
-for the ``nnUNetTrainer_Tiny`` trainer file it needs: 4 epochs of 60 iterations). Never install
-nnunetv2 into the project's venv.
+(``--nnunet-venv``, default /work/nnunet-venv; docs/nnunet-parity.md says how to make it). The
+trainer ``nnUNetTrainer_Tiny`` (10 epochs of 50 iterations; fold 0 of the brain model had 30) is
+written into that venv's nnunetv2 package, where ``nnUNetv2_train`` finds trainers. Never install nnunetv2 into the project's venv.
 
     nice -n 10 .venv/bin/python benchmarks/nnunet_parity_train.py --work /work/nnunet-work \
         --datasets brain brain_regions kits_order ct --folds brain=0,1,2,3,4
@@ -43,6 +43,7 @@ class Spec:
     patch: tuple[int, int, int]
     labels: dict | None = None
     regions_class_order: list[int] | None = None
+    relabel: tuple[int, ...] | None = None   # phantom label value → training label value
     n_train: int = 10
     n_test: int = 2
 
@@ -52,20 +53,32 @@ SPECS = {
     "brain_regions": Spec(902, "ParityBrainRegions", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (32, 40, 32),
                           labels={"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
                                   "enhancing_tumor": [3]}, regions_class_order=[1, 2, 3]),
-    # KiTS23's shape: kidney = all, masses = {2, 3} painted 3, tumor = {2} painted 2 last.
-    "kits_order": Spec(903, "ParityKitsOrder", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (32, 40, 32),
-                       labels={"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2},
-                       regions_class_order=[1, 3, 2]),
+    # KiTS23's shape on the CT phantom: organs = all, masses = {2, 3} painted 3, lesion = {2} painted 2
+    # last (1 = liver and spleen, 2 = liver lesion, 3 = both kidneys), so the order is not the values'.
+    "kits_order": Spec(903, "ParityKitsOrder", "ct", (6.0, 5.0, 5.0), (5.0, 6.0, 6.0), (24, 40, 40),
+                       labels={"background": 0, "organs": [1, 2, 3], "masses": [2, 3], "lesion": 2},
+                       regions_class_order=[1, 3, 2], relabel=(0, 1, 1, 3, 3, 2)),
     "ct": Spec(904, "ParityCT", "ct", (6.0, 5.0, 5.0), (5.0, 6.0, 6.0), (24, 40, 40)),
 }
 
 
 def _case(spec: Spec, seed: int, spacing: tuple[float, float, float]):
+    from dataclasses import replace
+
     from distillation.phantoms import generate_brain_case, generate_ct_case
 
     if spec.kind == "brain":
-        return generate_brain_case(seed, spacing, tumor_radius_mm=(15.0, 35.0))
-    return generate_ct_case(seed, spacing)
+        case = generate_brain_case(seed, spacing, tumor_radius_mm=(15.0, 35.0))
+    else:
+        case = generate_ct_case(seed, spacing)
+    if spec.relabel is not None:
+        case = replace(case, labels=np.asarray(spec.relabel, dtype=np.uint8)[case.labels])
+    return case
+
+
+def test_case(spec: Spec, n: int):
+    """The n-th test case (imagesTs) of ``spec``: its identifier and phantom."""
+    return f"case_{spec.n_train + n:04d}", _case(spec, 1000 * spec.dataset_id + 500 + n, spec.test_spacing)
 
 
 def write_raw(spec: Spec, raw: Path) -> Path:
@@ -80,8 +93,8 @@ def write_raw(spec: Spec, raw: Path) -> Path:
         first = first or case
         write_case(case, folder, f"case_{n:04d}")
     for n in range(spec.n_test):
-        write_case(_case(spec, 1000 * spec.dataset_id + 500 + n, spec.test_spacing), folder,
-                   f"case_{spec.n_train + n:04d}", test=True)
+        identifier, case = test_case(spec, n)
+        write_case(case, folder, identifier, test=True)
     write_dataset_json(folder, first.channels, first.label_names, spec.n_train, modality=first.modality,
                        num_test=spec.n_test)
     if spec.labels is not None:
@@ -106,6 +119,29 @@ def shrink_plans(path: Path, patch: tuple[int, int, int]) -> None:
         if name not in ("3d_fullres",):
             del plans["configurations"][name]
     path.write_text(json.dumps(plans, indent=2))
+
+
+TRAINER_SOURCE = '''import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainer_Tiny(nnUNetTrainer):
+    """Parity fixtures for pacsnode: a few short epochs on CPU (throw-away venv only)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = EPOCHS
+        self.num_iterations_per_epoch = 50
+        self.num_val_iterations_per_epoch = 4
+'''
+
+
+def install_trainer(venv: Path, epochs: int = 10) -> None:
+    """Write nnUNetTrainer_Tiny into the nnU-Net venv (fold 0 of the brain model had 30)."""
+    target = next(venv.glob("lib/python3*/site-packages/nnunetv2/training/nnUNetTrainer/variants/training_length"))
+    (target / f"{TRAINER}.py").write_text(TRAINER_SOURCE.replace("EPOCHS", str(epochs)))
 
 
 def env(work: Path) -> dict[str, str]:
@@ -151,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     folds = {k: v.split(",") for k, v in (f.split("=") for f in args.folds)}
     np.seterr(all="ignore")
+    install_trainer(args.nnunet_venv)
     for name in args.datasets:
         spec = SPECS[name]
         prepare(spec, args.work, args.nnunet_venv)

@@ -226,3 +226,13 @@ def test_union_steps_keep_the_largest_component_of_the_union() -> None:
     assert out[0, 0].tolist() == [1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     out = keep_largest_component(labels.copy(), [2])  # label 2 alone: B (2) beats A's single voxel
     assert out[0, 0].tolist() == [1, 1, 0, 0, 0, 2, 2, 0, 0, 1, 1, 0]
+
+
+def test_gaussian_is_nnunets_float16_map() -> None:
+    from pacsnode.inference.sliding_window import compute_gaussian
+
+    g = compute_gaussian((32, 40, 32))
+    assert g.dtype == np.float32 and g.max() == 10.0
+    assert np.array_equal(g.astype(np.float16).astype(np.float32), g)  # every weight a float16 value
+    tail = g[g < 6.2e-5]  # float16's subnormal range: nnU-Net's weights there are coarse, as these
+    assert tail.size and tail.min() == np.float32(np.float16(2 ** -24))

@@ -1,7 +1,7 @@
 """Sliding-window prediction as nnU-Net v2's ``nnUNetPredictor`` does it, in float32 numpy.
 
-Gaussian importance map (sigma = patch / 8, peak scaled to 10, zeros replaced by the
-smallest nonzero value), tile starts from ``compute_steps_for_sliding_window``, zero
+Gaussian importance map (sigma = patch / 8, peak scaled to 10, in float16 as nnU-Net
+makes it, zeros replaced by the smallest nonzero value), tile starts from ``compute_steps_for_sliding_window``, zero
 padding (centred) for volumes smaller than the patch, optional mirroring averaged over
 every combination of the mirror axes. Aggregation buffers are float32 on the
 preprocessed (cropped, resampled) grid; nothing per class is float64.
@@ -29,8 +29,12 @@ def _gaussian(tile_size: tuple[int, ...], sigma_scale: float, value_scaling_fact
     tmp[tuple(i // 2 for i in tile_size)] = 1
     g = gaussian_filter(tmp, [i * sigma_scale for i in tile_size], 0, mode="constant", cval=0)
     g /= g.max() / value_scaling_factor
-    g = g.astype(np.float32)
+    # nnU-Net v2 makes the map float16 (compute_gaussian's default dtype) before replacing zeros:
+    # its tail is float16's (subnormal or zero far from the centre), and these weights decide the
+    # blend where windows overlap; aggregation stays float32 (nnU-Net accumulates in float16)
+    g = g.astype(np.float16)
     g[g == 0] = g[g != 0].min()
+    g = g.astype(np.float32)
     g.setflags(write=False)
     return g
 
