@@ -14,10 +14,16 @@ unit that is not a clean volume, or a model input without its series, raises
 :class:`~pacsnode.errors.VolumeError` (the job fails at once, no retry); no space while
 writing results raises ``OSError`` ENOSPC (the job waits for space). A failed write
 removes its staging folder, so a full disk is not filled further by half results.
+
+The SEG goes out first: its folder is put in place and its outbox rows handed to the
+dispatcher before the SR is built, which is then added to the folder (temp file and rename)
+with its own rows; ``run.json`` comes last. A job that fails after its SEG was queued
+writes the same SEG again on its next start (same UIDs: the PACS sees a replacement).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -134,42 +140,59 @@ class Processor:
         out_dir = self.results_dir / folder
         staging = self.results_dir / f".{folder}.partial"
         shutil.rmtree(staging, ignore_errors=True)
+        card = model.card
+        t1 = time.perf_counter()
         try:  # a failed write (e.g. no space left) must not leave half a results folder behind
             staging.mkdir(parents=True)
-            t1 = time.perf_counter()
-            outputs = self._write_outputs(job, route, model, volumes, prediction, staging)
-            timings["results"] = time.perf_counter() - t1
-            self.observe("results", timings["results"])
-
-            card = model.card
-            volumes_ml = segment_volumes_ml(prediction.labels, card, affine=prediction.affine)
-            summary = RunSummary(
-                job_id=job.id, unit_uid=job.unit_uid, generation=job.generation, model=card.name,
-                model_version=card.version, model_sha256=model.sha256, channels=channels,
-                shape=volumes[0].shape, windows=prediction.windows,
-                timings={k: round(v, 4) for k, v in timings.items()},
-                volumes_ml={lb.name: round(float(volumes_ml.get(lb.value, 0.0)), 3) for lb in card.labels},
-                outputs={kind: path.name for kind, path in outputs.items()}, finished_at=time.time(),
-            )
-            (staging / RUN_SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
+            outputs, seg = self._write_first(job, route, model, volumes, prediction, staging)
             _replace_dir(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        paths = [out_dir / p.name for p in outputs.values()]
+        timings["seg"] = time.perf_counter() - t1
+        # The SEG is on its way while the SR is built: the radiologist's overlay does not wait
+        # for the volume report. A failure from here on fails the job as before; its next start
+        # writes the same SEG (same UIDs) and the same outbox rows.
+        delivery_ids = self._queue(job, route, out_dir, outputs)
+        if "sr" in route.outputs and seg is not None:
+            t2 = time.perf_counter()
+            series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "sr")
+            sr = sr_for_run(seg, volumes, prediction, card, model_sha256=model.sha256,
+                            series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+            sr_out = {"sr": _save_into(sr, out_dir, "sr.dcm")}
+            delivery_ids += self._queue(job, route, out_dir, sr_out)
+            outputs.update(sr_out)
+            timings["sr"] = time.perf_counter() - t2
+        timings["results"] = time.perf_counter() - t1
+        self.observe("results", timings["results"])
 
-        delivery_ids = []
+        volumes_ml = segment_volumes_ml(prediction.labels, card, affine=prediction.affine)
+        summary = RunSummary(
+            job_id=job.id, unit_uid=job.unit_uid, generation=job.generation, model=card.name,
+            model_version=card.version, model_sha256=model.sha256, channels=channels,
+            shape=volumes[0].shape, windows=prediction.windows,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            volumes_ml={lb.name: round(float(volumes_ml.get(lb.value, 0.0)), 3) for lb in card.labels},
+            outputs={kind: path.name for kind, path in outputs.items()}, finished_at=time.time(),
+        )
+        _write_into(out_dir, RUN_SUMMARY, json.dumps(asdict(summary), indent=2).encode())
+        paths = [out_dir / p.name for p in outputs.values()]
+        LOG.info("job %s: %s on unit %s → %s; %d deliveries queued", job.id, card.name, job.unit_uid,
+                 ", ".join(outputs), len(delivery_ids))
+        return [str(p) for p in paths] + [str(out_dir / RUN_SUMMARY)]
+
+    def _queue(self, job: JobRow, route: Route, out_dir: Path, outputs: dict[str, Path]) -> list[int]:
+        """One outbox row per DICOM output and destination, handed to the dispatcher at once."""
+        ids = []
         for kind, path in outputs.items():
             if kind == "nifti":
                 continue
             for dest in route.destinations:
-                delivery_ids.append(self.ledger.add_delivery(
+                ids.append(self.ledger.add_delivery(
                     job.id, dest, out_dir / path.name, fence=job.starts if self.per_attempt else None).id)
-        LOG.info("job %s: %s on unit %s → %s; %d deliveries queued", job.id, card.name, job.unit_uid,
-                 ", ".join(outputs), len(delivery_ids))
-        if self.on_outputs is not None and delivery_ids:
-            self.on_outputs(job, delivery_ids)
-        return [str(p) for p in paths] + [str(out_dir / RUN_SUMMARY)]
+        if self.on_outputs is not None and ids:
+            self.on_outputs(job, ids)
+        return ids
 
     def _route(self, job: JobRow) -> Route:
         for route in self.settings.routes:
@@ -189,8 +212,9 @@ class Processor:
         volumes = [read_series(chosen[ch.name].files) for ch in model.card.inputs]
         return volumes, {name: info.series_instance_uid for name, info in chosen.items()}
 
-    def _write_outputs(self, job: JobRow, route: Route, model: Model, volumes: Sequence[Volume],
-                       prediction: Any, out: Path) -> dict[str, Path]:
+    def _write_first(self, job: JobRow, route: Route, model: Model, volumes: Sequence[Volume],
+                     prediction: Any, out: Path) -> tuple[dict[str, Path], Any]:
+        """The outputs that go out first (SEG, NIfTI) into ``out``, and the SEG the SR references."""
         written: dict[str, Path] = {}
         seg = None
         if "seg" in route.outputs or "sr" in route.outputs:
@@ -200,14 +224,9 @@ class Processor:
                               sop_instance_uid=sop_uid, device_serial_number=self.settings.node.ae_title)
             if "seg" in route.outputs:
                 written["seg"] = _save(seg, out / "seg.dcm")
-        if "sr" in route.outputs and seg is not None:
-            series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "sr")
-            sr = sr_for_run(seg, volumes, prediction, model.card, model_sha256=model.sha256,
-                            series_instance_uid=series_uid, sop_instance_uid=sop_uid)
-            written["sr"] = _save(sr, out / "sr.dcm")
         if "nifti" in route.outputs:
             written["nifti"] = write_nifti(prediction.labels, prediction.affine, out / "labels.nii.gz")
-        return written
+        return written, seg
 
 
 def _same_file(loaded: Path, file: str) -> bool:
@@ -223,6 +242,37 @@ def _save(ds: pydicom.Dataset, path: Path) -> Path:
     return path
 
 
+def _write_into(folder: Path, name: str, data: bytes) -> Path:
+    """``folder/name`` in place whole or not at all (temp file, fsync, rename, directory fsync)."""
+    final = folder / name
+    tmp = folder / f".{name}.partial"
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return final
+
+
+def _save_into(ds: pydicom.Dataset, folder: Path, name: str) -> Path:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return _write_into(folder, name, buf.getvalue())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _replace_dir(staging: Path, final: Path) -> None:
     """Swap a finished results folder in place of an older run's (never half of each)."""
     for f in staging.iterdir():
@@ -236,8 +286,4 @@ def _replace_dir(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(final.parent)

@@ -22,6 +22,7 @@ import pytest
 
 from pacsnode.demo.orthanc import OrthancServer, RemoteModality
 from pacsnode.demo.scenario import NodeProcess, echo, free_port, wait_for, write_node_config
+from pacsnode.ledger import Ledger
 from pacsnode.volume import read_series
 from tests.onnx_models import make_card, threshold_model
 
@@ -108,6 +109,13 @@ def test_orthanc_sends_study_and_receives_seg_and_sr(tmp_path: Path, brain_study
     assert [j["state"] for j in jobs] == ["done"]
     deliveries = _cli_json(config, "deliveries")
     assert sorted(d["state"] for d in deliveries) == ["sent", "sent"]
+    # the SEG was queued before the SR was written: it does not wait for the volume report
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+    try:
+        rows = {Path(d.dataset_path).name: d for d in ledger.deliveries()}
+    finally:
+        ledger.close()
+    assert rows["seg.dcm"].created_at < Path(rows["sr.dcm"].dataset_path).stat().st_mtime < rows["sr.dcm"].created_at
 
 
 def test_pacs_down_then_back_gets_the_result_exactly_once(tmp_path: Path, brain_study, threshold_onnx) -> None:
@@ -123,9 +131,10 @@ def test_pacs_down_then_back_gets_the_result_exactly_once(tmp_path: Path, brain_
                         "127.0.0.1", str(node_port), str(Path(files[0]).parents[1])],
                        check=True, env={"TCP_NODELAY": "1"}, capture_output=True)
 
-        def failed_once() -> bool:
+        def failed_once() -> bool:  # the SEG is tried first and fails; the SR, queued after it, is held
             rows = _cli_json(config, "deliveries")
-            return bool(rows) and all(r["attempts"] >= 1 and r["state"] == "pending" for r in rows)
+            return (len(rows) == 2 and all(r["state"] == "pending" and r["last_error"] for r in rows)
+                    and any(r["attempts"] >= 1 for r in rows))
 
         wait_for(failed_once, 180, "a failed delivery attempt while the PACS is down", interval=1.0)
         rows = _cli_json(config, "deliveries")
