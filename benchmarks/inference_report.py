@@ -224,7 +224,9 @@ NOTES = [
     "- `precision = \"bf16\" | \"int8\"` only where the model card's `validated_precisions` records it "
     "(Dice against fp32 on held-out cases, measured by `python -m distillation.export.precision`); "
     "otherwise the load is refused with one line naming what is valid. bf16 needs OpenVINO and a CPU "
-    "with native bf16; int8 needs the QDQ file of `distill export --int8`.",
+    "with native bf16; int8 needs the QDQ file of `distill export --int8`. `precision = \"auto\"` (the "
+    "default) takes bf16 where the card validated it and OpenVINO runs it here with a passing self-check, "
+    "else fp32 (an int8 file: int8); `pacsnode model info` says which ran and why.",
     "- OpenVINO compiles the graph static for the card's window, 2 threads, latency hint, no CPU pinning "
     "(the node's other threads share the cores). Windows run one at a time.",
     "- Preprocessing resamples with one float64-built spline matrix per axis (BLAS) instead of scipy's "

@@ -233,13 +233,14 @@ class InputSelector:
 class ModelEntry:
     """[models.NAME]: a deployable .onnx file ("builtin:NAME" for one shipped in the package), the
     runtime that runs it (``auto``: the fastest installed one that passes the parity self-check on
-    load) and its precision (bf16 / int8 only where the model card records evidence for it); and
+    load) and its precision (bf16 / int8 only where the model card records evidence for it; ``auto``:
+    bf16 where the card validated it and the CPU runs it, else fp32, or int8 for an int8 file); and
     this site's selectors for its inputs (``inputs.CHANNEL``, see :class:`InputSelector`)."""
 
     file: str
     threads: int = field(default=2, metadata=_positive())
     backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     inputs: Mapping[str, InputSelector] = field(default_factory=dict)
 
 

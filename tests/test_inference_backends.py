@@ -132,6 +132,22 @@ def test_bf16_with_evidence_runs_on_openvino_where_the_cpu_has_it(tmp_path):
         Model.load(path, threads=1, backend="onnxruntime", precision="bf16")
 
 
+def test_auto_precision_takes_validated_bf16_where_the_cpu_runs_it_else_fp32(tmp_path):
+    plain = Model.load(_conv_file(tmp_path), threads=1, precision="auto")
+    assert (plain.backend, plain.precision) == ("openvino", "fp32")  # nothing validated: fp32
+    (tmp_path / "b").mkdir()
+    path = _conv_file(tmp_path / "b", validated_precisions=[EVIDENCE])
+    auto = Model.load(path, threads=1, precision="auto")
+    if cpu_supports_bf16():
+        assert (auto.backend, auto.precision) == ("openvino", "bf16") and auto.parity.passed
+    else:
+        assert (auto.backend, auto.precision) == ("openvino", "fp32")
+        assert auto.rejected[0].startswith("precision bf16 not used: ")
+    ort = Model.load(path, threads=1, backend="onnxruntime", precision="auto")
+    assert (ort.backend, ort.precision) == ("onnxruntime", "fp32")
+    assert ort.rejected[0].startswith("precision bf16 not used: precision bf16 must run on the openvino backend")
+
+
 def test_int8_needs_an_int8_file_and_an_int8_file_needs_int8(tmp_path):
     path = _conv_file(tmp_path)
     with pytest.raises(ModelError, match=r"^conv.onnx: precision int8 needs an int8 model file \(distill export "
@@ -149,6 +165,8 @@ def test_int8_needs_an_int8_file_and_an_int8_file_needs_int8(tmp_path):
     card["validated_precisions"] = [{**EVIDENCE, "precision": "int8", "backend": "onnxruntime"}]
     conv_model(q, card)
     m = Model.load(q, threads=1, precision="int8", backend="onnxruntime")
+    assert (m.backend, m.precision) == ("onnxruntime", "int8")
+    m = Model.load(q, threads=1, precision="auto", backend="onnxruntime")  # an int8 file runs at int8
     assert (m.backend, m.precision) == ("onnxruntime", "int8")
 
 
@@ -197,11 +215,12 @@ def test_config_names_a_bad_backend_or_precision():
     entry = _settings(backend="openvino", precision="bf16").models["brain-tumor"]
     assert (entry.backend, entry.precision) == ("openvino", "bf16")
     assert _settings().models["brain-tumor"].backend == "auto"
-    assert _settings().models["brain-tumor"].precision == "fp32"
+    assert _settings().models["brain-tumor"].precision == "auto"
     with pytest.raises(ConfigError, match=r"models\.brain-tumor\.backend must be one of 'auto', 'openvino', "
                                           r"'onnxruntime', got 'tensorrt'"):
         _settings(backend="tensorrt")
-    with pytest.raises(ConfigError, match=r"models\.brain-tumor\.precision must be one of 'fp32', 'bf16', 'int8', "
+    with pytest.raises(ConfigError, match=r"models\.brain-tumor\.precision must be one of 'auto', 'fp32', 'bf16', "
+                                          r"'int8', "
                                           r"got 'fp16'"):
         _settings(precision="fp16")
 

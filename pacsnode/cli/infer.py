@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     p.add_argument("--backend", choices=["auto", "openvino", "onnxruntime"], default="auto",
                    help="runtime (default auto: the fastest installed one that passes the parity self-check)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="fp32 (default); bf16 or int8 only where the model card records evidence for it")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="auto (default: bf16 where the card validated it and this CPU runs it, else fp32); "
+                        "bf16 or int8 only where the model card records evidence for it")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float32)")
     p.add_argument("--seg", choices=["binary", "fractional", "labelmap"], nargs="?", const="binary",
                    help="also write a DICOM SEG (default BINARY) and its TID 1500 volume SR")

@@ -7,6 +7,8 @@ backends fastest first (:data:`~pacsnode.inference.backends.AUTO_ORDER`) and tak
 that supports the precision and passes the parity self-check (:mod:`pacsnode.inference.selfcheck`)
 against ONNX Runtime on a fixed window; a named backend must pass the same check or the load is
 refused. ONNX Runtime at the file's own precision is the reference and is not checked.
+``precision="auto"`` (the node's default) takes the fastest precision the card validated that a
+backend here runs and passes the check: bf16, then fp32 (:func:`auto_precisions`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pacsnode.inference.backends import (
 from pacsnode.inference.card import METADATA_KEY, ModelCard
 from pacsnode.inference.selfcheck import Parity, compare, fixed_window
 
-__all__ = ["Model", "BUILTIN_DIR", "resolve_model_path", "file_sha256", "external_data_files", "INPUT_NAME",
+__all__ = ["Model", "auto_precisions", "BUILTIN_DIR", "resolve_model_path", "file_sha256", "external_data_files", "INPUT_NAME",
            "OUTPUT_NAME"]
 
 log = logging.getLogger(__name__)
@@ -133,16 +135,32 @@ class Model:
         except ModelError as exc:
             raise ModelError(f"{file.name}: {exc}") from None
         _check_io(reference.session, card, file.name)
+        if precision == "auto":
+            wanted = auto_precisions(card)
+            if wanted == ["int8"]:
+                reference = open_onnxruntime(file, file.name, threads, "int8")
+        else:
+            wanted = [precision]
         try:
             if not measuring_evidence:
-                card.check_precision(precision)
+                for p in wanted:
+                    card.check_precision(p)
             elif precision == "int8" and not card.quantized:
                 raise ModelError(f"precision int8 needs an int8 model file (distill export --int8), got the float "
                                  f"model {card.name}")
         except ModelError as exc:
             raise ModelError(f"{file.name}: {exc}") from None
         t0 = time.perf_counter()
-        runtime, parity, rejected = _choose(file, card, reference, backend, precision, threads)
+        passed_over: list[str] = []
+        for i, p in enumerate(wanted):
+            try:
+                runtime, parity, rejected = _choose(file, card, reference, backend, p, threads)
+                break
+            except ModelError as exc:  # "auto": the next validated precision
+                if i == len(wanted) - 1:
+                    raise
+                passed_over.append(f"precision {p} not used: {exc}")
+        rejected = passed_over + rejected
         seconds = time.perf_counter() - t0
         if rejected:
             log.warning("model %s: %s", card.name, "; ".join(rejected))
@@ -159,6 +177,15 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.card.name!r} {self.card.version}, {self.path.name}, {self.backend} {self.precision}, "
                 f"sha256={self.sha256[:12]})")
+
+
+def auto_precisions(card: ModelCard) -> list[str]:
+    """What ``precision = "auto"`` tries, in order: an int8 file runs at int8; a float model at
+    bf16 where its card records evidence for it (Dice against fp32 on held-out cases), then fp32.
+    bf16 needs OpenVINO and a CPU with native bf16 that passes the self-check; else fp32 runs."""
+    if card.quantized:
+        return ["int8"]
+    return [p for p in ("bf16", "fp32") if p == "fp32" or p in card.allowed_precisions]
 
 
 def _choose(file: Path, card: ModelCard, reference: Any, backend: str, precision: str,
