@@ -29,6 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from distillation.phantoms.dicom import write_series  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from ingest import wait_idle  # noqa: E402
+
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -56,6 +59,7 @@ def _send(tree: Path, folder: Path, work: Path) -> float:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
+        wait_idle(node.pid)  # started: model loaded and self-checked, as a node in service
         t0 = time.perf_counter()
         subprocess.run(["/usr/bin/storescu", "-aec", "PACSNODE", "-aet", "STORESCU", "+sd", "127.0.0.1",
                         str(port), str(folder)], env=ENV, check=True, stdout=subprocess.DEVNULL,
