@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -105,7 +104,7 @@ def queue_overhead(server: PgServer, n: int) -> dict[str, float]:
         for uid in uids:
             job = ledger.queue_job(uid, route="r", model_name="m", model_sha256="0")
             runner.submit(job.id)
-        wait_for(lambda: len(ledger.jobs([JobState.DONE])) == n, 600, f"{n} no-op jobs", interval=0.05)
+        wait_for(lambda led=ledger: len(led.jobs([JobState.DONE])) == n, 600, f"{n} no-op jobs", interval=0.05)
         out[kind] = n / (time.perf_counter() - t0)
         if worker is not None:
             worker.stop(5)
@@ -127,8 +126,9 @@ def _timed_send(host: str, port: int, files: list[Path]) -> float:
 
 
 def ingest(server: PgServer, root: Path, repeats: int) -> dict[str, float]:
-    from distillation.phantoms.dicom import write_series
     import numpy as np
+
+    from distillation.phantoms.dicom import write_series
 
     files = write_series(np.random.default_rng(0).normal(300, 50, (155, 240, 240)).clip(0).astype(np.float32),
                          np.eye(4), root / "mr", modality="MR", series_description="T1")
@@ -195,7 +195,7 @@ def latency(server: PgServer, root: Path, n: int) -> dict[str, tuple[float, floa
                     storescu(r.host, r.port, study_files(work / f"s{k}", slices=8, size=48, seed=k))
                     time.sleep(2.5)  # one study at a time: the timer and the job, not a queue
                 ledger = PgLedger(c.dsn) if kind == "cluster" else Ledger(work / "embedded" / "ledger.sqlite")
-                wait_for(lambda: len(ledger.jobs([JobState.DONE])) == n, 120, "every job done")
+                wait_for(lambda led=ledger: len(led.jobs([JobState.DONE])) == n, 120, "every job done")
                 starts = _log_starts([p.log for p in procs])
                 gaps = [starts[u.uid] - u.last_received_at for u in ledger.units()]
                 ledger.close()
@@ -219,11 +219,10 @@ def throughput(server: PgServer, root: Path, n: int, workers: int) -> float:
         ledger = PgLedger(c.dsn)
         try:
             t0 = time.perf_counter()
-            sends = [threading.Thread(target=storescu, args=(r.host, r.port, fs)) for fs in studies]
-            for t in sends:
-                t.start()
-            for t in sends:
-                t.join()
+            for fs in studies:  # as a modality sends: one study after the other, each checked
+                sent = storescu(r.host, r.port, fs)
+                if sent.returncode != 0:
+                    raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
             wait_for(lambda: len(ledger.deliveries([DeliveryState.SENT])) == 2 * n, 900, "every result sent")
             elapsed = time.perf_counter() - t0
         finally:

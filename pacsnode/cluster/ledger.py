@@ -15,6 +15,7 @@ ignores them). Three things differ:
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,23 +38,26 @@ STABLE_HANDLER = "unit-stable"  # pacsnode.series.STABLE_HANDLER
 DELIVERY_HANDLER = "deliver"  # pacsnode.dispatcher.DELIVERY_HANDLER
 
 _NOW = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"
-_INSERT_INSTANCE = text(
+# The receive path's statements (psycopg placeholders, see _psycopg): they run on a psycopg pool of
+# their own, as the embedded ledger's run on a raw sqlite3 connection, because SQLAlchemy's statement
+# building and pre-ping cost more than the round trips themselves; psycopg prepares them after a few uses.
+_INSERT_INSTANCE = (
     "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, unit_uid, path, size, "
     "transfer_syntax, received_at) VALUES (:sop, :cls, :series, :study, :unit, :path, :size, :ts, :now) "
     "ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id")
-_INSERT_UNIT = text(
+_INSERT_UNIT = (
     "INSERT INTO units (uid, kind, study_uid, state, generation, instance_count, first_received_at, "
     "last_received_at, updated_at) VALUES (:unit, :kind, :study, 'receiving', 1, :n, :now, :now, :now) "
     "ON CONFLICT (uid) DO NOTHING RETURNING uid")
-_LOCK_UNIT = text("SELECT state, generation FROM units WHERE uid = :unit FOR UPDATE")
-_REOPEN_UNIT = text(
+_LOCK_UNIT = "SELECT state, generation FROM units WHERE uid = :unit FOR UPDATE"
+_REOPEN_UNIT = (
     "UPDATE units SET state = 'receiving', generation = :gen, instance_count = instance_count + 1, "
     "reason = NULL, completed_at = NULL, purged_at = NULL, last_received_at = :now, updated_at = :now "
     "WHERE uid = :unit")
-_TOUCH_UNIT = text(
+_TOUCH_UNIT = (
     "UPDATE units SET instance_count = instance_count + :n, last_received_at = :now, updated_at = :now "
     "WHERE uid = :unit")
-_UPSERT_SERIES = text(
+_UPSERT_SERIES = (
     "INSERT INTO series (series_uid, study_uid, unit_uid, modality, series_description, body_part, "
     "image_type, sop_class_uid, series_number, instance_count, state, generation, first_received_at, "
     "last_received_at, updated_at) VALUES (:series, :study, :unit, :modality, :descr, :body, :itype, "
@@ -61,6 +65,16 @@ _UPSERT_SERIES = text(
     "ON CONFLICT (series_uid) DO UPDATE SET instance_count = series.instance_count + 1, "
     "last_received_at = EXCLUDED.last_received_at, updated_at = EXCLUDED.updated_at, reason = NULL, "
     "state = 'receiving', generation = EXCLUDED.generation")
+
+
+def _psycopg(sql: str) -> str:
+    """``:name`` placeholders as psycopg's ``%(name)s``."""
+    return re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", sql)
+
+
+_SQL = {name: _psycopg(sql) for name, sql in (
+    ("instance", _INSERT_INSTANCE), ("unit", _INSERT_UNIT), ("lock", _LOCK_UNIT), ("reopen", _REOPEN_UNIT),
+    ("touch", _TOUCH_UNIT), ("series", _UPSERT_SERIES))}
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -84,11 +98,26 @@ class PgLedger(Ledger):
         self.engine = create_engine(sqlalchemy_url(dsn), pool_pre_ping=True, pool_size=8, max_overflow=16)
         self._write = threading.RLock()  # one writer per process, as embedded (rows locks do the rest)
         self._hot_conn = None
+        self._hot_pool: Any = None
+        self._hot_lock = threading.Lock()
         ensure_schema(self.engine)
         ensure_queue_schema(self.engine)
 
     def close(self) -> None:
+        if self._hot_pool is not None:
+            self._hot_pool.close()
         self.engine.dispose()
+
+    def _hot(self) -> Any:
+        """The receive path's psycopg pool (opened on first use; a connection a restarted server
+        broke is dropped when it comes back, the instance it carried is refused and resent)."""
+        with self._hot_lock:
+            if self._hot_pool is None:
+                from psycopg_pool import ConnectionPool
+
+                self._hot_pool = ConnectionPool(self.dsn, min_size=1, max_size=8, timeout=10, open=True,
+                                                name="pacsnode-receive")
+            return self._hot_pool
 
     def upsert(self, table: Table) -> Insert:
         return pg_insert(table)
@@ -111,42 +140,42 @@ class PgLedger(Ledger):
     # --- the receive path -----------------------------------------------------------------------
 
     def instance_path(self, sop_instance_uid: str) -> Path | None:
-        with self.engine.connect() as c:
-            p = c.execute(text("SELECT path FROM instances WHERE sop_instance_uid = :sop"),
-                          {"sop": sop_instance_uid}).scalar()
-        return Path(p) if p is not None else None
+        with self._hot().connection() as conn:
+            row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = %(sop)s",
+                               {"sop": sop_instance_uid}).fetchone()
+        return Path(row[0]) if row is not None else None
 
     def record_instance(self, rec: InstanceRecord, attrs: SeriesAttributes, *, unit_uid: str,
                         unit_kind: str, now: float | None = None) -> RecordOutcome:
         """As the embedded ledger's, in one PostgreSQL transaction; the unit's timer is armed
         in it when this instance creates or reopens the unit."""
-        from pacsnode.cluster.queue import arm_in, stable_timer
+        from pacsnode.cluster.queue import arm_in_psycopg, stable_timer
 
-        with self.engine.begin() as c:
+        with self._hot().connection() as c:  # one transaction: committed on leaving, else rolled back
             if now is None:
-                now = float(c.execute(text(_NOW)).scalar_one())
+                now = float(c.execute(_NOW).fetchone()[0])
             p = {"sop": rec.sop_instance_uid, "cls": rec.sop_class_uid, "series": rec.series_uid,
                  "study": rec.study_uid, "unit": unit_uid, "path": str(rec.path), "size": rec.size,
                  "ts": rec.transfer_syntax, "now": now, "kind": unit_kind}
-            stored = c.execute(_INSERT_INSTANCE, p).first() is not None
-            created = c.execute(_INSERT_UNIT, {**p, "n": 1 if stored else 0}).first() is not None
+            stored = c.execute(_SQL["instance"], p).fetchone() is not None
+            created = c.execute(_SQL["unit"], {**p, "n": 1 if stored else 0}).fetchone() is not None
             reopened = False
             generation = 1
             if not created:
-                state, generation = c.execute(_LOCK_UNIT, p).one()
+                state, generation = c.execute(_SQL["lock"], p).fetchone()
                 if stored and state != SeriesState.RECEIVING.value:
                     reopened = True
                     generation += 1
-                    c.execute(_REOPEN_UNIT, {**p, "gen": generation})
+                    c.execute(_SQL["reopen"], {**p, "gen": generation})
                 elif stored or state == SeriesState.RECEIVING.value:
-                    c.execute(_TOUCH_UNIT, {**p, "n": 1 if stored else 0})
+                    c.execute(_SQL["touch"], {**p, "n": 1 if stored else 0})
             if stored:
-                c.execute(_UPSERT_SERIES, {**p, "modality": attrs.modality, "descr": attrs.series_description,
+                c.execute(_SQL["series"], {**p, "modality": attrs.modality, "descr": attrs.series_description,
                                            "body": attrs.body_part, "itype": "\\".join(attrs.image_type),
                                            "number": attrs.series_number, "gen": generation})
             if created or reopened:
-                arm_in(c, stable_timer(unit_uid), now + self.stable_seconds, STABLE_HANDLER, [unit_uid],
-                       "control")
+                arm_in_psycopg(c, stable_timer(unit_uid), now + self.stable_seconds, STABLE_HANDLER,
+                               [unit_uid], "control")
         return RecordOutcome(stored, unit_uid, generation, created, reopened)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +79,23 @@ def arm_in(c: Connection, item_id: str, at: float | None, handler: str, args: Se
     except IntegrityError:  # another process armed it between our two statements: move theirs
         sp.rollback()
         c.execute(_MOVE, p)
+
+
+def arm_in_psycopg(conn: Any, item_id: str, at: float | None, handler: str, args: Sequence[Any], queue: str,
+                   every: float | None = None) -> None:
+    """:func:`arm_in` on a plain psycopg connection in a transaction (the receive path's)."""
+    from psycopg.errors import UniqueViolation
+
+    p = {"id": item_id, "at": at, "args": _args(item_id, handler, args, every), "queue": queue, "task": TASK}
+    move = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _MOVE.text)
+    defer = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _DEFER.text)
+    if conn.execute(move, p).rowcount:
+        return
+    try:
+        with conn.transaction():  # a savepoint
+            conn.execute(defer, p)
+    except UniqueViolation:  # another receiver armed it between our two statements: move theirs
+        conn.execute(move, p)
 
 
 def ensure_queue_schema(engine: Engine) -> None:
