@@ -60,6 +60,16 @@ JOB_FROM: dict[JobState, frozenset[JobState]] = {
 }
 
 
+def _lock_job(c: Any, job_id: int) -> Any:
+    """The job's row, locked after its unit's row: every transaction that changes both takes
+    the unit first (as queue_job does), so two of them never wait for each other in a circle."""
+    unit_uid = c.execute(select(jobs.c.unit_uid).where(jobs.c.id == job_id)).scalar()
+    if unit_uid is None:
+        return None
+    c.execute(select(units.c.uid).where(units.c.uid == unit_uid).with_for_update())
+    return c.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+
+
 class JobsMixin(LedgerStore):
     """Inference jobs."""
 
@@ -122,7 +132,7 @@ class JobsMixin(LedgerStore):
     ) -> JobRow:
         now = time.time() if now is None else now
         with self._tx() as c:
-            row = c.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            row = _lock_job(c, job_id)
             if row is None:
                 raise LedgerError(f"job must exist in the ledger, got unknown job id {job_id}")
             if fence is not None and row.starts != fence:
@@ -183,7 +193,7 @@ class JobsMixin(LedgerStore):
         by that start."""
         now = time.time() if now is None else now
         with self._tx() as c:
-            row = c.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            row = _lock_job(c, job_id)
             if row is None or row.state != JobState.RUNNING.value or row.starts != starts:
                 return None
             c.execute(update(jobs).where(jobs.c.id == job_id).values(
