@@ -56,11 +56,13 @@ ROWS = (
     Row("brats-regions", "BraTS-like regions, regions_class_order [1, 2, 3]", "brain_regions"),
     Row("kits-order", "KiTS-like regions, regions_class_order [1, 3, 2] (CT)", "kits_order"),
     Row("ct", "3d_fullres softmax CT (CTNormalization, resampled both ways)", "ct"),
+    Row("brain-lowres", "3d_lowres softmax MR (4.5 mm), fold 0", "brain_lowres"),
 )
 
 
 def model_folder(work: Path, spec: Spec) -> Path:
-    return work / "results" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    return (work / "results" / f"Dataset{spec.dataset_id:03d}_{spec.name}"
+            / f"{TRAINER}__nnUNetPlans__{spec.configuration}")
 
 
 def present_folds(folder: Path) -> list[str]:
@@ -86,7 +88,7 @@ def nnunet_outputs(row: Row, spec: Spec, folder: Path, folds: list[str], out: Pa
     raw = work / "raw" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / "imagesTs"
     pred = out / "nnunet"
     run([str(venv / "bin" / "nnUNetv2_predict"), "-i", str(raw), "-o", str(pred), "-d", str(spec.dataset_id),
-         "-c", "3d_fullres", "-tr", TRAINER, "-f", *folds, "-device", "cpu"], work)
+         "-c", spec.configuration, "-tr", TRAINER, "-f", *folds, "-device", "cpu"], work)
     if row.postprocessing:
         pp = folder / f"crossval_results_folds_{'_'.join(folds)}" / "postprocessing.pkl"
         run([str(venv / "bin" / "nnUNetv2_apply_postprocessing"), "-i", str(pred), "-o", str(out / "nnunet_pp"),
@@ -122,7 +124,8 @@ def node_logits(model, case, plans: dict) -> np.ndarray:
     images = np.stack([case.images[c] for c in case.images]).astype(np.float32)
     pre = preprocess(images, case.spacing, card)
     logits = predict_sliding_window(pre.data, model.predict, card.num_outputs, card.patch_size,
-                                    tile_step=card.tile_step, mirror_axes=card.mirror_axes)
+                                    tile_step=card.tile_step, mirror_axes=card.mirror_axes,
+                                    aggregation=card.aggregation)
     t = [int(a) for a in plans.get("transpose_forward", [0, 1, 2])]
     return logits.transpose(0, *[1 + a for a in t])
 

@@ -44,6 +44,7 @@ class Spec:
     labels: dict | None = None
     regions_class_order: list[int] | None = None
     relabel: tuple[int, ...] | None = None   # phantom label value → training label value
+    configuration: str = "3d_fullres"
     n_train: int = 10
     n_test: int = 2
 
@@ -59,7 +60,13 @@ SPECS = {
                        labels={"background": 0, "organs": [1, 2, 3], "masses": [2, 3], "lesion": 2},
                        regions_class_order=[1, 3, 2], relabel=(0, 1, 1, 3, 3, 2)),
     "ct": Spec(904, "ParityCT", "ct", (6.0, 5.0, 5.0), (5.0, 6.0, 6.0), (24, 40, 40)),
+    # 3d_lowres of the brain dataset: a configuration added to its plans (the planner drops it for
+    # images this small), inheriting from 3d_fullres with 4.5 mm spacing
+    "brain_lowres": Spec(901, "ParityBrain", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (24, 24, 24),
+                         configuration="3d_lowres"),
 }
+
+LOWRES_SPACING = [4.5, 4.5, 4.5]
 
 
 def _case(spec: Spec, seed: int, spacing: tuple[float, float, float]):
@@ -158,9 +165,28 @@ def sh(venv: Path, args: list[str], work: Path) -> None:
     subprocess.run(cmd, check=True, env=env(work))
 
 
+def add_lowres(path: Path, patch: tuple[int, int, int]) -> None:
+    """A 3d_lowres configuration inheriting from 3d_fullres, as nnU-Net's planner writes one."""
+    plans = json.loads(path.read_text())
+    full = plans["configurations"]["3d_fullres"]
+    scale = [f / s for f, s in zip(full["spacing"], LOWRES_SPACING, strict=True)]
+    plans["configurations"]["3d_lowres"] = {
+        "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres", "spacing": LOWRES_SPACING,
+        "patch_size": list(patch), "batch_size": 2,
+        "median_image_size_in_voxels": [round(m * s) for m, s in zip(full["median_image_size_in_voxels"], scale,
+                                                                     strict=True)],
+        "next_stage": "3d_cascade_fullres"}
+    path.write_text(json.dumps(plans, indent=2))
+
+
 def prepare(spec: Spec, work: Path, venv: Path) -> None:
     write_raw(spec, work / "raw")
     plans = work / "preprocessed" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / "nnUNetPlans.json"
+    if spec.configuration == "3d_lowres":
+        if not (plans.parent / "nnUNetPlans_3d_lowres").is_dir():
+            add_lowres(plans, spec.patch)
+            sh(venv, ["nnUNetv2_preprocess", "-d", str(spec.dataset_id), "-c", "3d_lowres", "-np", "1"], work)
+        return
     if (plans.parent / "nnUNetPlans_3d_fullres").is_dir():
         return
     sh(venv, ["nnUNetv2_extract_fingerprint", "-d", str(spec.dataset_id), "-np", "1"], work)
@@ -170,11 +196,12 @@ def prepare(spec: Spec, work: Path, venv: Path) -> None:
 
 
 def train(spec: Spec, work: Path, venv: Path, folds: list[str]) -> None:
-    results = work / "results" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    results = (work / "results" / f"Dataset{spec.dataset_id:03d}_{spec.name}"
+               / f"{TRAINER}__nnUNetPlans__{spec.configuration}")
     for fold in folds:
         if (results / f"fold_{fold}" / "checkpoint_final.pth").is_file():
             continue
-        sh(venv, ["nnUNetv2_train", str(spec.dataset_id), "3d_fullres", fold, "-tr", TRAINER, "-device", "cpu"],
+        sh(venv, ["nnUNetv2_train", str(spec.dataset_id), spec.configuration, fold, "-tr", TRAINER, "-device", "cpu"],
            work)
 
 

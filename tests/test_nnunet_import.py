@@ -68,6 +68,7 @@ def test_configuration_and_trainer_come_from_the_checkpoint(tmp_path: Path) -> N
     folder = _folder(tmp_path)
     imported = import_nnunet(folder)
     assert imported.config.configuration == "3d_fullres" and imported.card["mirror_axes"] == [0, 1, 2]
+    assert imported.card["aggregation"] == "float16"  # nnUNetPredictor sums windows in float16
     assert import_nnunet(folder, mirror=False).card["mirror_axes"] == []
     renamed = folder.rename(tmp_path / "nnUNetTrainer__nnUNetPlans__3d_lowres")
     with pytest.raises(ModelError, match=r"the checkpoint's init_args.configuration must match the folder name "
@@ -236,3 +237,25 @@ def test_gaussian_is_nnunets_float16_map() -> None:
     assert np.array_equal(g.astype(np.float16).astype(np.float32), g)  # every weight a float16 value
     tail = g[g < 6.2e-5]  # float16's subnormal range: nnU-Net's weights there are coarse, as these
     assert tail.size and tail.min() == np.float32(np.float16(2 ** -24))
+
+
+def test_float16_aggregation_rounds_each_sum_as_nnunet() -> None:
+    from pacsnode.inference.sliding_window import compute_gaussian, predict_sliding_window
+
+    patch = (8, 8, 8)
+    data = np.zeros((1, 12, 8, 8), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    outputs = [rng.standard_normal((1, 2, *patch)).astype(np.float32) * 30 for _ in range(2)]
+    calls = iter(outputs)
+    got = predict_sliding_window(data, lambda w: next(calls), 2, patch, aggregation="float16")
+    g = compute_gaussian(patch)
+    acc = np.zeros((2, 12, 8, 8), np.float16)
+    wsum = np.zeros((12, 8, 8), np.float16)
+    for start, out in zip((0, 4), outputs, strict=True):  # nnU-Net's tiles for 12 voxels at step 0.5
+        acc[:, start:start + 8] = (acc[:, start:start + 8].astype(np.float32) + out[0] * g).astype(np.float16)
+        wsum[start:start + 8] = (wsum[start:start + 8].astype(np.float32) + g).astype(np.float16)
+    expected = (acc.astype(np.float32) / wsum.astype(np.float32)).astype(np.float16).astype(np.float32)
+    assert np.array_equal(got, expected)
+    calls = iter(outputs)
+    exact = predict_sliding_window(data, lambda w: next(calls), 2, patch)
+    assert 0 < np.abs(exact - got).max() < 0.5

@@ -102,7 +102,7 @@ def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: 
               mirror_axes: Sequence[int] = (), activation: str = "softmax",
               largest_component: Sequence[int | Sequence[int]] = (),
               provenance: Mapping[str, Any] | None = None, modalities: Sequence[str] | None = None,
-              regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+              regions: Mapping[str, Sequence[int]] | None = None, aggregation: str = "float32") -> dict[str, Any]:
     """A model card dict (schema ``pacsnode.model_card/1``); ``labels`` maps names to values,
     background (value 0) is skipped. Softmax labels are sorted by value; sigmoid outputs keep the
     order given (output channel c is painted with the c-th value), each with its ``regions`` entry."""
@@ -123,6 +123,7 @@ def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: 
         "crop_to_nonzero": bool(crop_to_nonzero),
         "tile_step": float(tile_step),
         "mirror_axes": [int(a) for a in mirror_axes],
+        **({"aggregation": aggregation} if aggregation != "float32" else {}),
         "activation": activation,
         "labels": [{**label_entry(v, n), **({"region": [int(r) for r in regions[n]]} if n in regions else {})}
                    for v, n in lab],

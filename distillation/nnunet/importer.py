@@ -219,6 +219,7 @@ def import_nnunet(folder: str | os.PathLike, folds: Sequence[int | str] | int | 
         crop_to_nonzero=True,  # nnU-Net's DefaultPreprocessor always crops to the nonzero region
         tile_step=tile_step,
         mirror_axes=axes if mirror else (),
+        aggregation="float16",  # nnUNetPredictor sums the windows in float16, on the CPU too
         activation=cfg.activation,
         largest_component=steps,
         provenance={"teacher": f"nnU-Net v2 {first.trainer_name} {cfg.plans_name} {configuration}",

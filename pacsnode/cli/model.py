@@ -41,7 +41,8 @@ def describe(model: Model) -> str:
           f"normalization {_norm(n)}" for i, (ch, n) in enumerate(zip(c.inputs, c.normalization, strict=True))),
         f"  spacing        {' × '.join(f'{s:g}' for s in c.target_spacing)} mm (z, y, x)",
         f"  patch          {' × '.join(str(p) for p in c.patch_size)} voxels, tile step {c.tile_step:g}, "
-        f"mirroring {list(c.mirror_axes) or 'off'}, crop to nonzero {'on' if c.crop_to_nonzero else 'off'}",
+        f"mirroring {list(c.mirror_axes) or 'off'}, crop to nonzero {'on' if c.crop_to_nonzero else 'off'}, "
+        f"windows summed in {c.aggregation}",
         f"  output         {c.num_outputs} channels, {c.activation}",
         f"  folds          {len(folds)} ({', '.join(map(str, folds))}), logits averaged per window"
         if len(folds) > 1 else (f"  folds          1 ({folds[0]})" if folds else None),

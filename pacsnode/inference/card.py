@@ -39,8 +39,9 @@ ACTIVATIONS = ("softmax", "sigmoid")
 PRECISIONS = ("fp32", "bf16", "int8")
 
 _REQUIRED = ("schema", "name", "version", "inputs", "target_spacing", "patch_size", "normalization", "labels")
-_OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "activation",
-             "postprocessing", "provenance", "validated_precisions")
+_OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "aggregation",
+             "activation", "postprocessing", "provenance", "validated_precisions")
+AGGREGATIONS = ("float32", "float16")
 
 
 def _err(path: str, rule: str, value: Any, valid: str) -> ModelError:
@@ -296,6 +297,7 @@ class ModelCard:
     crop_to_nonzero: bool = True
     tile_step: float = 0.5
     mirror_axes: tuple[int, ...] = ()
+    aggregation: str = "float32"
     activation: str = "softmax"
     postprocessing: Postprocessing = Postprocessing()
     provenance: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -396,6 +398,9 @@ class ModelCard:
         if (not isinstance(mirror, list) or len(set(mirror)) != len(mirror)
                 or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in mirror)):
             raise _err("mirror_axes", "must be a list of distinct spatial axes", mirror, "a subset of [0, 1, 2]")
+        aggregation = d.get("aggregation", "float32")
+        if aggregation not in AGGREGATIONS:
+            raise _err("aggregation", "must name the sliding window's sum type", aggregation, ", ".join(AGGREGATIONS))
         post = _keys(d.get("postprocessing", {}), "postprocessing", (), ("largest_component",))
         lcc = post.get("largest_component", [])
 
@@ -438,6 +443,7 @@ class ModelCard:
             crop_to_nonzero=_bool(d.get("crop_to_nonzero", True), "crop_to_nonzero"),
             tile_step=tile_step,
             mirror_axes=tuple(mirror),
+            aggregation=aggregation,
             activation=activation,
             labels=labels,
             postprocessing=Postprocessing(tuple(tuple(s) if isinstance(s, list) else s for s in lcc)),
@@ -459,6 +465,7 @@ class ModelCard:
             "crop_to_nonzero": self.crop_to_nonzero,
             "tile_step": self.tile_step,
             "mirror_axes": list(self.mirror_axes),
+            **({"aggregation": self.aggregation} if self.aggregation != "float32" else {}),
             "activation": self.activation,
             "labels": [lab.to_dict() for lab in self.labels],
             "postprocessing": self.postprocessing.to_dict(),

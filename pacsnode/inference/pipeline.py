@@ -171,7 +171,8 @@ def run(
             progress(done, total)
 
     logits = predict_sliding_window(pre.data, model.predict, card.num_outputs, card.patch_size,
-                                    tile_step=card.tile_step, mirror_axes=card.mirror_axes, progress=_progress)
+                                    tile_step=card.tile_step, mirror_axes=card.mirror_axes,
+                                    aggregation=card.aggregation, progress=_progress)
     pre = Preprocessed(data=np.empty((0,)), seg=None, bbox=pre.bbox, shape_before_crop=pre.shape_before_crop,
                        shape_after_crop=pre.shape_after_crop, spacing=pre.spacing,
                        target_spacing=pre.target_spacing)  # drop the network input

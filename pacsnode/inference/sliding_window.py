@@ -88,14 +88,22 @@ def predict_sliding_window(
     tile_step: float = 0.5,
     mirror_axes: Sequence[int] = (),
     use_gaussian: bool = True,
+    aggregation: str = "float32",
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Aggregated logits (K, z, y, x) float32 for preprocessed ``data`` (C, z, y, x).
 
     ``predictor`` maps one (1, C, *patch) float32 window to (1, K, *patch) logits.
-    ``mirror_axes`` are spatial axes (0, 1, 2 = z, y, x). ``progress(done, total)`` is
-    called after each window.
+    ``mirror_axes`` are spatial axes (0, 1, 2 = z, y, x). ``aggregation="float16"`` sums the
+    Gaussian-weighted logits and the weights in float16, each addition rounded once from float32,
+    and divides in float16, as ``nnUNetPredictor.predict_sliding_window_return_logits`` does (on
+    the CPU too): the logits an nnU-Net model's own predictor paints from (half the aggregation
+    memory, up to ~0.5 of a logit off the float32 sum where only faint Gaussian tails cover a
+    voxel). ``progress(done, total)`` is called after each window.
     """
+    if aggregation not in ("float32", "float16"):
+        raise InferenceError(f"aggregation must be float32 or float16, got {aggregation!r}")
+    dtype = np.float16 if aggregation == "float16" else np.float32
     patch = tuple(int(p) for p in patch_size)
     padded, revert = pad_to_patch(np.asarray(data, dtype=np.float32), patch)
     shape = padded.shape[1:]
@@ -103,8 +111,8 @@ def predict_sliding_window(
     slicers = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
                for start in itertools.product(*steps)]
     gaussian = compute_gaussian(patch) if use_gaussian else np.ones(patch, dtype=np.float32)
-    logits = np.zeros((num_classes, *shape), dtype=np.float32)
-    weights = np.zeros(shape, dtype=np.float32)
+    logits = np.zeros((num_classes, *shape), dtype=dtype)
+    weights = np.zeros(shape, dtype=dtype)
     flips = [c for r in range(1, len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
     for n, sl in enumerate(slicers, start=1):
         window = np.ascontiguousarray(padded[(slice(None), *sl)])[None]
@@ -116,12 +124,15 @@ def predict_sliding_window(
         if flips:
             pred /= np.float32(len(flips) + 1)
         pred *= gaussian
-        logits[(slice(None), *sl)] += pred
-        weights[sl] += gaussian
+        target = logits[(slice(None), *sl)]
+        np.add(target, pred, out=target, casting="unsafe")  # float16: float32 sum, rounded once
+        np.add(weights[sl], gaussian, out=weights[sl], casting="unsafe")
         if progress is not None:
             progress(n, len(slicers))
     del padded
-    logits /= weights
+    np.divide(logits, weights, out=logits)
+    if logits.dtype != np.float32:
+        logits = logits.astype(np.float32)
     if not np.isfinite(logits).all():
         raise InferenceError("network output must be finite, got NaN or infinite logits")
     if any(s != slice(None) for s in revert[1:]):
