@@ -133,7 +133,7 @@ def pipeline_parity(work: Path, seed: int = 0, phantom_spacing=(2.5, 2.0, 2.0)) 
     predictor.predict_from_files_sequential([files], str(out_nn), save_probabilities=False, overwrite=True)
     theirs = read_nifti(out_nn / "brain_000.nii.gz")[0].astype(np.uint8)
 
-    imported = import_nnunet(model_dir, fold=0)
+    imported = import_nnunet(model_dir, folds=[0], mirror=False)  # as the predictor above: no mirroring
     onnx_path = work / "imported.onnx"
     report = imported.export(onnx_path)
     model = Model.load(onnx_path)

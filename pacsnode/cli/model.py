@@ -55,7 +55,8 @@ def describe(model: Model) -> str:
         "  labels",
         *(f"    {lab.value:>3} {lab.name:<18} {lab.category.scheme} {lab.category.value} "
           f"{lab.category.meaning!r} / {lab.type.scheme} {lab.type.value} {lab.type.meaning!r}  "
-          f"rgb{lab.color}" for lab in c.labels),
+          f"rgb{lab.color}" + (f"  region: union of {list(lab.region)}" if lab.region else "")
+          for lab in c.labels),
         f"  postprocessing largest component of {c.postprocessing.to_dict()['largest_component']}"
         if c.postprocessing.largest_component else "  postprocessing none",
     ]
