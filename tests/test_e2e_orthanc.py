@@ -23,7 +23,6 @@ import pytest
 from pacsnode.demo.orthanc import OrthancServer, RemoteModality
 from pacsnode.demo.scenario import NodeProcess, echo, free_port, wait_for, write_node_config
 from pacsnode.ledger import Ledger
-from pacsnode.volume import read_series
 from tests.onnx_models import make_card, threshold_model
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -49,8 +48,14 @@ def threshold_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _expected_labels(brain_study: dict[str, list[Path]]) -> tuple[np.ndarray, list[str]]:
-    t1 = read_series(brain_study["T1"])
-    return (t1.array > THRESHOLD).astype(np.uint8), [str(ds.SOPInstanceUID) for ds in t1.datasets]
+    """The threshold model's labels computed from the T1 files with pydicom alone (not the node's
+    reader): slices in order along the slice normal, rescaled, thresholded."""
+    t1 = [pydicom.dcmread(f) for f in brain_study["T1"]]
+    normal = np.cross(*np.reshape(np.asarray(t1[0].ImageOrientationPatient, float), (2, 3)))
+    t1.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    values = np.stack([ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+                       for ds in t1])
+    return (values > THRESHOLD).astype(np.uint8), [str(ds.SOPInstanceUID) for ds in t1]
 
 
 def _dciodvfy_errors(blob: bytes, tmp: Path) -> list[str]:
