@@ -200,6 +200,7 @@ def test_postgresql_restarted_under_load_no_success_without_a_commit(cluster: Cl
     assert len(statuses) == len(files), statuses[-3:]
     refused = [i for i, s in enumerate(statuses) if s != "Success"]
     assert refused, "the restart must have refused some instances (else this test proves nothing)"
+    assert {statuses[i] for i in refused} == {"Refused: OutOfResources"}  # 0xA700: the sender tries later
     ledger = PgLedger(cluster.dsn)
     try:
         for i, f in enumerate(files):

@@ -140,15 +140,32 @@ class PgLedger(Ledger):
     # --- the receive path -----------------------------------------------------------------------
 
     def instance_path(self, sop_instance_uid: str) -> Path | None:
-        with self._hot().connection() as conn:
-            row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = %(sop)s",
-                               {"sop": sop_instance_uid}).fetchone()
+        try:
+            with self._hot().connection() as conn:
+                row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = %(sop)s",
+                                   {"sop": sop_instance_uid}).fetchone()
+        except Exception as exc:
+            refused = _unreachable(exc)
+            if refused is None:
+                raise
+            raise refused from exc
         return Path(row[0]) if row is not None else None
 
     def record_instance(self, rec: InstanceRecord, attrs: SeriesAttributes, *, unit_uid: str,
                         unit_kind: str, now: float | None = None) -> RecordOutcome:
         """As the embedded ledger's, in one PostgreSQL transaction; the unit's timer is armed
-        in it when this instance creates or reopens the unit."""
+        in it when this instance creates or reopens the unit. While PostgreSQL cannot be reached
+        the instance is refused with 0xA700 (Out of Resources: the sender tries again later)."""
+        try:
+            return self._record(rec, attrs, unit_uid=unit_uid, unit_kind=unit_kind, now=now)
+        except Exception as exc:
+            refused = _unreachable(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _record(self, rec: InstanceRecord, attrs: SeriesAttributes, *, unit_uid: str, unit_kind: str,
+                now: float | None) -> RecordOutcome:
         from pacsnode.cluster.queue import arm_in_psycopg, stable_timer
 
         with self._hot().connection() as c:  # one transaction: committed on leaving, else rolled back
@@ -179,3 +196,18 @@ class PgLedger(Ledger):
         return RecordOutcome(stored, unit_uid, generation, created, reopened)
 
 
+
+
+def _unreachable(exc: Exception) -> Exception | None:
+    """A database that does not answer (down, restarting, no free connection) as the receive
+    stage's 0xA700 refusal; None for any other error."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if not isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return None
+    from pacsnode.receive.validate import STATUS_OUT_OF_RESOURCES, Refusal
+
+    said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return Refusal(STATUS_OUT_OF_RESOURCES, f"the cluster's ledger (PostgreSQL) must answer to record an "
+                                            f"instance, got: {said}")
