@@ -5,11 +5,12 @@ Every statement of the embedded ledger is SQLAlchemy Core and runs here unchange
 ``SELECT ... FOR UPDATE``, make its read-then-write transitions safe between processes; SQLite
 ignores them). Three things differ:
 
-- the receive path's one write, :meth:`PgLedger.record_instance`, is fixed SQL for PostgreSQL
-  that takes the unit's row lock, so receivers that take instances of one study at the same
-  time keep one unit row; its times come from the database clock;
+- the receive path's one write, :meth:`PgLedger.record_instance`, is fixed SQL for PostgreSQL on
+  a psycopg pool of its own; it takes the unit's row lock, so receivers that take instances of
+  one study at the same time keep one unit row; its times come from the database clock; while the
+  database cannot be reached the instance is refused with 0xA700;
 - the unit's idle timer is armed in that same transaction when the instance creates or reopens
-  the unit (one timer per unit, :func:`pacsnode.cluster.queue.arm_in`);
+  the unit (one timer per unit, :func:`pacsnode.cluster.queue.arm_in_psycopg`);
 - a queued job or delivery is enqueued in the transaction that records it (:meth:`_enqueue`).
 """
 
@@ -86,8 +87,8 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 class PgLedger(Ledger):
-    """The ledger in PostgreSQL. ``stable_seconds``: the unit idle timer armed by a first or
-    reopening instance; ``queue`` the :class:`~pacsnode.cluster.queue.Queue` items go to."""
+    """The ledger in PostgreSQL (``dsn``: ``postgresql://...``). ``stable_seconds``: the idle timer
+    that a unit's first (or reopening) instance arms, in the same transaction."""
 
     def __init__(self, dsn: str, *, stable_seconds: float = 10.0) -> None:  # noqa: D107
         from pacsnode.cluster.queue import ensure_queue_schema

@@ -49,6 +49,11 @@ _DEFER = text(
     "::procrastinate_job_to_defer_v1])")
 
 
+# the same statements with psycopg's placeholders, for the receive path's plain connection
+_MOVE_PSYCOPG = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _MOVE.text)
+_DEFER_PSYCOPG = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _DEFER.text)
+
+
 def stable_timer(unit_uid: str) -> str:
     return f"stable-{unit_uid}"
 
@@ -87,8 +92,7 @@ def arm_in_psycopg(conn: Any, item_id: str, at: float | None, handler: str, args
     from psycopg.errors import UniqueViolation
 
     p = {"id": item_id, "at": at, "args": _args(item_id, handler, args, every), "queue": queue, "task": TASK}
-    move = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _MOVE.text)
-    defer = re.sub(r"(?<!:):([a-z]+)", r"%(\1)s", _DEFER.text)
+    move, defer = _MOVE_PSYCOPG, _DEFER_PSYCOPG
     if conn.execute(move, p).rowcount:
         return
     try:
