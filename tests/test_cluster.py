@@ -325,3 +325,19 @@ def test_chaos_random_kills_lose_nothing_and_duplicate_nothing(cluster: Cluster,
         assert studies_at_pacs == {u.study_uid for u in units}
     finally:
         ledger.close()
+
+
+def test_a_worker_rides_out_a_postgresql_restart(cluster: Cluster, orthanc: OrthancServer, pg_server) -> None:  # type: ignore[no-untyped-def]
+    a = cluster.receiver("receiver-a")
+    w = cluster.worker("worker-1")
+    pg_server.restart(down_for=2.0)  # its pools and procrastinate's listener lose their connections
+    time.sleep(2 * cluster.stall_seconds)
+    assert w.proc is not None and w.proc.poll() is None
+    assert storescu(a.host, a.port, study_files(cluster.root / "study", slices=8)).returncode == 0
+    ledger = PgLedger(cluster.dsn)
+    try:
+        _one_result(ledger, orthanc)
+        (job,) = ledger.jobs()
+        assert (job.state, job.attempts) == (JobState.DONE, 1)
+    finally:
+        ledger.close()
