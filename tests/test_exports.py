@@ -23,6 +23,7 @@ EXPORTS = {
     "pacsnode.delivery": {"MAX_CONTEXTS", "StoreOutcome", "backoff_seconds", "dead_letter_reason", "down_reason",
                           "echo_destination", "held_reason", "is_delivery_due", "is_past_horizon",
                           "next_attempt_at", "send_datasets", "tls_context"},
+    "pacsnode.cluster": {"ClusterUnavailable", "open_cluster"},
     "pacsnode.processor": {"Processor", "RUN_SUMMARY", "RunSummary", "result_uids"},
     "pacsnode.dispatcher": {"DELIVERY_HANDLER", "PROBE_HANDLER", "Dispatcher"},
     "pacsnode.routing": {"UnitRoute", "match_route", "matches", "mismatches", "route_unit"},

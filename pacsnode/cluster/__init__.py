@@ -17,9 +17,7 @@ from typing import Any
 
 from pacsnode.errors import ConfigError, LedgerError
 
-__all__ = ["open_cluster", "ROLES"]
-
-ROLES = ("receiver", "worker")
+__all__ = ["ClusterUnavailable", "open_cluster"]
 
 
 class ClusterUnavailable(LedgerError):
