@@ -206,7 +206,19 @@ def latency(server: PgServer, root: Path, n: int) -> dict[str, tuple[float, floa
     return out
 
 
-def throughput(server: PgServer, root: Path, n: int, workers: int) -> float:
+def _cpu_seconds(procs: list[Proc]) -> float:
+    """User + system CPU seconds the processes have used so far (/proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in procs:
+        assert p.proc is not None
+        fields = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def throughput(server: PgServer, root: Path, n: int, workers: int) -> tuple[float, float]:
+    """(studies per hour, worker CPU seconds per study) with ``workers`` worker processes."""
     from pacsnode.cluster.ledger import PgLedger
 
     work = root / f"throughput-{workers}"
@@ -214,10 +226,11 @@ def throughput(server: PgServer, root: Path, n: int, workers: int) -> float:
     studies = [study_files(work / f"s{k}", slices=24, size=96, seed=k) for k in range(n)]
     with OrthancServer(work / "orthanc", c.pacs_port, free_port()):
         r = c.receiver("receiver")
-        for w in range(workers):
-            c.worker(f"worker-{w}")
+        procs = [c.worker(f"worker-{w}") for w in range(workers)]
         ledger = PgLedger(c.dsn)
         try:
+            time.sleep(3.0)  # the workers' models loaded and self-checked: their CPU is not the studies'
+            cpu0 = _cpu_seconds(procs)
             t0 = time.perf_counter()
             for fs in studies:  # as a modality sends: one study after the other, each checked
                 sent = storescu(r.host, r.port, fs)
@@ -225,10 +238,11 @@ def throughput(server: PgServer, root: Path, n: int, workers: int) -> float:
                     raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
             wait_for(lambda: len(ledger.deliveries([DeliveryState.SENT])) == 2 * n, 900, "every result sent")
             elapsed = time.perf_counter() - t0
+            cpu = _cpu_seconds(procs) - cpu0
         finally:
             ledger.close()
             c.stop_all()
-    return n / elapsed * 3600
+    return n / elapsed * 3600, cpu / n
 
 
 def main() -> int:
@@ -261,7 +275,8 @@ def main() -> int:
                     f"p95 {lat['cluster'][1]:.2f} s |")
         per = {w: throughput(server, root, args.studies, w) for w in (1, 2, 3)}
         say(f"| studies/hour ({args.studies} studies 24×96², SEG + SR) | "
-                    + " | ".join(f"{w} worker{'s' if w > 1 else ''}: {v:.0f}" for w, v in per.items()) + " |")
+            + " | ".join(f"{w} worker{'s' if w > 1 else ''}: {v:.0f}/h, {cpu:.2f} worker CPU-s a study "
+                         f"(≈ {3600 / cpu:.0f}/h per core)" for w, (v, cpu) in per.items()) + " |")
     finally:
         say(f"load average at end: {_load()}")
         server.remove()
