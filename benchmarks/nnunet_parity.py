@@ -49,12 +49,13 @@ class Row:
 
 
 ROWS = (
-    Row("brain-5fold", "3d_fullres softmax MR, 5 folds", "brain"),
-    Row("brain-5fold-pp", "3d_fullres softmax MR, 5 folds + find_best_configuration postprocessing", "brain",
+    Row("brain-5fold", "3d_fullres softmax MR, every fold", "brain"),
+    Row("brain-5fold-pp", "3d_fullres softmax MR, every fold + find_best_configuration postprocessing", "brain",
         postprocessing=True),
     Row("brain-fold0", "3d_fullres softmax MR, fold 0 only (checkpoint_final)", "brain", folds=("0",)),
     Row("brats-regions", "BraTS-like regions, regions_class_order [1, 2, 3]", "brain_regions"),
-    Row("kits-order", "KiTS-like regions, regions_class_order [1, 3, 2] (CT)", "kits_order"),
+    Row("kits-order", "KiTS-like regions, regions_class_order [1, 3, 2]; CT (CTNormalization, resampled in and out)",
+        "kits_order"),
     Row("ct", "3d_fullres softmax CT (CTNormalization, resampled both ways)", "ct"),
     Row("brain-lowres", "3d_lowres softmax MR (4.5 mm), fold 0", "brain_lowres"),
 )
@@ -83,10 +84,15 @@ def image_sha(case) -> str:
 
 
 def nnunet_outputs(row: Row, spec: Spec, folder: Path, folds: list[str], out: Path, work: Path,
-                   venv: Path) -> tuple[Path, Path]:
-    """nnU-Net's label maps (postprocessed when the row says so) and its logits folder."""
+                   venv: Path, reuse: bool = False) -> tuple[Path, Path]:
+    """nnU-Net's label maps (postprocessed when the row says so) and its logits folder (``reuse``: those
+    of an earlier run with the same folds)."""
     raw = work / "raw" / f"Dataset{spec.dataset_id:03d}_{spec.name}" / "imagesTs"
     pred = out / "nnunet"
+    final = out / ("nnunet_pp" if row.postprocessing else "nnunet")
+    done = out / "nnunet-done.json"
+    if reuse and done.is_file() and json.loads(done.read_text()) == folds:
+        return final, out / "logits"
     run([str(venv / "bin" / "nnUNetv2_predict"), "-i", str(raw), "-o", str(pred), "-d", str(spec.dataset_id),
          "-c", spec.configuration, "-tr", TRAINER, "-f", *folds, "-device", "cpu"], work)
     if row.postprocessing:
@@ -99,6 +105,7 @@ def nnunet_outputs(row: Row, spec: Spec, folder: Path, folds: list[str], out: Pa
              for cid in sorted({p.name[:9] for p in raw.glob("case_*.nii.gz")})]
     run([str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "nnunet_parity_logits.py"), str(folder),
          str(out / "logits"), "auto" if row.folds is None else ",".join(folds), *cases], work)
+    done.write_text(json.dumps(folds))
     return pred, out / "logits"
 
 
@@ -140,7 +147,7 @@ def compare(ours: np.ndarray, theirs: np.ndarray, card) -> tuple[float, dict[str
     return float((ours == theirs).mean()), per
 
 
-def run_row(row: Row, work: Path, venv: Path, fixtures: bool) -> dict:
+def run_row(row: Row, work: Path, venv: Path, fixtures: bool, reuse: bool = False) -> dict:
     from distillation.nnunet import import_nnunet
     from distillation.phantoms.nnunet_raw import from_nifti
     from pacsnode.inference import Model
@@ -152,7 +159,7 @@ def run_row(row: Row, work: Path, venv: Path, fixtures: bool) -> dict:
         return {"key": row.key, "title": row.title, "status": "not trained"}
     out = work / "parity" / row.key
     out.mkdir(parents=True, exist_ok=True)
-    pred, logits_dir = nnunet_outputs(row, spec, folder, folds, out, work, venv)
+    pred, logits_dir = nnunet_outputs(row, spec, folder, folds, out, work, venv, reuse)
     imported = import_nnunet(folder, folds=row.folds, postprocessing=row.postprocessing)
     onnx_path = out / "model.onnx"
     imported.export(onnx_path)
@@ -253,7 +260,7 @@ def write_doc(results: list[dict], command: str) -> None:
         results = [r for r in results if r is not None]
     text = DOC.read_text(encoding="utf-8")
     block = (f"{BEGIN}\n\n`{command}`\n\n{table(results)}\n\nPer case (voxel counts of nnU-Net's label map, grids, "
-             "backend, postprocessing steps): `docs/nnunet-parity.json`.\n\n{END}")
+             f"backend, postprocessing steps): `docs/nnunet-parity.json`.\n\n{END}")
     if BEGIN in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
@@ -265,10 +272,11 @@ def write_doc(results: list[dict], command: str) -> None:
 def find_best_configuration(work: Path, venv: Path) -> None:
     spec = SPECS["brain"]
     folder = model_folder(work, spec)
-    done = (folder / "crossval_results_folds_0_1_2_3_4" / "postprocessing.pkl").is_file()
-    if len(present_folds(folder)) == 5 and not done:
+    folds = present_folds(folder)
+    done = (folder / f"crossval_results_folds_{'_'.join(folds)}" / "postprocessing.pkl").is_file()
+    if len(folds) >= 2 and not done:
         run([str(venv / "bin" / "nnUNetv2_find_best_configuration"), str(spec.dataset_id), "-c", "3d_fullres",
-             "-tr", TRAINER, "-f", "0", "1", "2", "3", "4", "-np", "1"], work)
+             "-tr", TRAINER, "-f", *folds, "-np", "1"], work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nnunet-venv", type=Path, default=Path("/work/nnunet-venv"))
     p.add_argument("--rows", nargs="+", default=[r.key for r in ROWS], choices=[r.key for r in ROWS])
     p.add_argument("--no-fixtures", action="store_true", help="do not rewrite tests/fixtures/nnunet")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse nnU-Net's outputs of an earlier run with the same folds (nnU-Net itself not rerun)")
     args = p.parse_args(argv)
     find_best_configuration(args.work, args.nnunet_venv)
-    results = [run_row(r, args.work, args.nnunet_venv, not args.no_fixtures) for r in ROWS if r.key in args.rows]
+    results = [run_row(r, args.work, args.nnunet_venv, not args.no_fixtures, args.reuse)
+               for r in ROWS if r.key in args.rows]
     write_doc(results, "nice -n 10 .venv/bin/python benchmarks/nnunet_parity.py " + " ".join(argv or sys.argv[1:]))
     return 0
 
