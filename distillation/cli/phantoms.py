@@ -15,6 +15,7 @@ from tqdm import tqdm
 from distillation.phantoms.case import PhantomCase
 from distillation.phantoms.fields import parse_spacing
 from distillation.phantoms.orientation import ORIENTATIONS
+from distillation.phantoms.settings import SETTINGS
 
 __all__ = ["register", "run", "TEST_SEED_OFFSET"]
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TEST_SEED_OFFSET = 1_000_000
 _DEFAULTS = {"brain": (501, "BrainTumorPhantom", "2"), "ct": (502, "AbdomenCTPhantom", "3,2,2")}
+_HARD_DATASETS = {"brain": (511, "BrainTumorPhantomHard"), "ct": (512, "AbdomenCTPhantomHard")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mm, one number or z,y,x (default: brain 2, ct 3,2,2)")
     p.add_argument("--tumor-radius", default=None, metavar="LO,HI",
                    help="brain only: whole-tumor radius range in mm, drawn log-uniformly (default 2.5,35)")
-    p.add_argument("--dataset-id", type=int, default=None, help="nnU-Net dataset id (default brain 501, ct 502)")
+    p.add_argument("--setting", choices=SETTINGS, default="default",
+                   help="default: the generators as they always were; hard: benchmark v2 (0-3 lesions, "
+                        "overlapping contrasts, anatomical structures as extra labels, boundary label noise; "
+                        "docs/benchmark.md)")
+    p.add_argument("--dataset-id", type=int, default=None,
+                   help="nnU-Net dataset id (default brain 501, ct 502; setting hard: 511, 512)")
     p.add_argument("--name", default=None, help="nnU-Net dataset name")
     p.add_argument("--dicom", action="store_true", help="also write each case as a DICOM study under OUT/dicom")
     p.add_argument("--orientation", choices=ORIENTATIONS, default=None, help="DICOM acquisition orientation")
@@ -64,16 +71,10 @@ def _tumor_radius(text: str | None, kind: str) -> tuple[float, float] | None:
 
 
 def _generate(kind: str, seed: int, spacing: tuple[float, float, float],
-              tumor_radius: tuple[float, float] | None = None) -> PhantomCase:
-    if kind == "brain":
-        from distillation.phantoms.brain import generate_brain_case
+              tumor_radius: tuple[float, float] | None = None, setting: str = "default") -> PhantomCase:
+    from distillation.phantoms.settings import generate_case
 
-        if tumor_radius is None:
-            return generate_brain_case(seed, spacing)
-        return generate_brain_case(seed, spacing, tumor_radius_mm=tumor_radius)
-    from distillation.phantoms.ct import generate_ct_case
-
-    return generate_ct_case(seed, spacing)
+    return generate_case(kind, seed, spacing, setting=setting, tumor_radius_mm=tumor_radius)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.orientation or args.enhanced or args.compress or args.flip_slices) and not args.dicom:
         raise ValueError("--orientation, --flip-slices, --enhanced and --compress apply to DICOM: add --dicom")
     default_id, default_name, default_spacing = _DEFAULTS[args.kind]
+    setting = getattr(args, "setting", "default") or "default"
+    if setting == "hard":
+        default_id, default_name = _HARD_DATASETS[args.kind]
     spacing = parse_spacing(args.spacing or default_spacing)
     tumor_radius = _tumor_radius(getattr(args, "tumor_radius", None), args.kind)
     folder = dataset_folder(args.out, args.dataset_id or default_id, args.name or default_name)
@@ -94,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     jobs += [(f"case_{args.cases + i:04d}", args.seed + TEST_SEED_OFFSET + i, True)
              for i in range(args.test_cases)]
     first: PhantomCase | None = None
-    for identifier, seed, test in tqdm(jobs, desc=f"{args.kind} phantoms", unit="case"):
-        case = _generate(args.kind, seed, spacing, tumor_radius)
+    for identifier, seed, test in tqdm(jobs, desc=f"{args.kind} phantoms ({setting})", unit="case"):
+        case = _generate(args.kind, seed, spacing, tumor_radius, setting)
         first = first or case
         write_case(case, folder, identifier, test=test)
         if args.dicom:

@@ -122,10 +122,14 @@ def _grid(spacing: tuple[float, float, float]) -> tuple[tuple[int, int, int], np
     return shape, affine
 
 
-def _sample_tissue(rng: np.random.Generator, shape: tuple[int, int, int],
-                   affine: np.ndarray) -> np.ndarray:
-    """Tissue probabilities [3, k, i, j] under a random affine + smooth deformation."""
-    tissue, t_affine = _template_at(2 if min(np.linalg.norm(affine[:3, :3], axis=0)) >= 1.9 else 1)
+def _template_factor(affine: np.ndarray) -> int:
+    """2 (the 2 mm block-averaged template) for grids of 1.9 mm or coarser, else 1."""
+    return 2 if min(np.linalg.norm(affine[:3, :3], axis=0)) >= 1.9 else 1
+
+
+def _warp_coords(rng: np.random.Generator, shape: tuple[int, int, int], affine: np.ndarray,
+                 t_affine: np.ndarray) -> np.ndarray:
+    """Template voxel coordinates [3, k, i, j] of each output voxel under a random affine + deformation."""
     scale = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)
     m = _rotation(rng, 8.0) * scale[None, :]
     shift = rng.uniform(-6.0, 6.0, 3)
@@ -143,11 +147,23 @@ def _sample_tissue(rng: np.random.Generator, shape: tuple[int, int, int],
         coords[axis] = (base[axis] + total[axis, 0] * k[:, None, None]
                         + total[axis, 1] * i[None, :, None] + total[axis, 2] * j[None, None, :])
         coords[axis] += amplitude * smooth_field(rng, shape, (4, 5, 4))
-    out = np.empty((3, *shape), dtype=np.float32)
-    for c in range(3):
-        ndimage.map_coordinates(tissue[c], coords, output=out[c], order=1, mode="constant",
+    return coords
+
+
+def _resample(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Each of ``volumes`` [c, x, y, z] linearly sampled at ``coords`` (zero outside)."""
+    out = np.empty((volumes.shape[0], *coords.shape[1:]), dtype=np.float32)
+    for c in range(volumes.shape[0]):
+        ndimage.map_coordinates(volumes[c], coords, output=out[c], order=1, mode="constant",
                                 cval=0.0, prefilter=False)
     return out
+
+
+def _sample_tissue(rng: np.random.Generator, shape: tuple[int, int, int],
+                   affine: np.ndarray) -> np.ndarray:
+    """Tissue probabilities [3, k, i, j] under a random affine + smooth deformation."""
+    tissue, t_affine = _template_at(_template_factor(affine))
+    return _resample(tissue, _warp_coords(rng, shape, affine, t_affine))
 
 
 def _tumor(rng: np.random.Generator, brain: np.ndarray, csf: np.ndarray, wm: np.ndarray,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -78,18 +79,25 @@ class _Body:
         return box, f < wobble**2
 
 
-def generate_ct_case(seed: int, spacing: float | str | tuple[float, ...] = (3.0, 2.0, 2.0), *,
-                     lesion_probability: float = 0.7) -> PhantomCase:
-    """One abdominal CT case in HU (integer-valued float32) with labels on a (z, y, x) mm grid."""
-    spacing = parse_spacing(spacing)
-    if not 0.0 <= lesion_probability <= 1.0:
-        raise ValueError(f"lesion_probability must be in 0..1, got {lesion_probability!r}")
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xC7AB])
-    shape, affine = _grid(spacing)
-    body = _Body(shape, affine, rng)
-    hu = np.full(shape, -1000.0, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
+@dataclass(frozen=True)
+class _Trunk:
+    """What later organs are placed against: trunk semi-axes, spine position and the LPS grids."""
 
+    ax: float
+    ay: float
+    sy: float
+    spine_r: float
+    xx: np.ndarray
+    yy: np.ndarray
+    inner: np.ndarray
+    vessel_hu: float
+    aorta: np.ndarray
+    ivc: np.ndarray
+
+
+def _trunk(body: _Body, hu: np.ndarray, rng: np.random.Generator) -> _Trunk:
+    """Paint skin/fat, muscle wall, bowel, spine, canal, paraspinal muscles, aorta and IVC into ``hu``."""
+    shape = body.shape
     # trunk: skin/fat ellipse, muscle wall, visceral fat (a little taper along z)
     ax, ay = rng.uniform(130, 175), rng.uniform(95, 130)
     fat = rng.uniform(8, 35)
@@ -127,11 +135,22 @@ def generate_ct_case(seed: int, spacing: float | str | tuple[float, ...] = (3.0,
     ivc = np.sqrt((xx + 22) ** 2 + (yy - sy + spine_r + 8) ** 2) < rng.uniform(9, 13)
     hu[np.broadcast_to(aorta, shape)] = vessel_hu
     hu[np.broadcast_to(ivc, shape)] = vessel_hu * 0.8
+    return _Trunk(ax, ay, sy, spine_r, xx, yy, inner, vessel_hu, aorta, ivc)
+
+
+def _paint(hu: np.ndarray, labels: np.ndarray, value: int, hu_value: float, box: tuple[slice, ...],
+           mask: np.ndarray) -> None:
+    free = mask & (labels[box] == 0) & (hu[box] > -200) & (hu[box] < 600)
+    labels[box][free] = value
+    hu[box][free] = hu_value
+
+
+def _organs(body: _Body, trunk: _Trunk, hu: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> float:
+    """Paint liver (1), spleen (2) and kidneys (3 right, 4 left) into ``hu``/``labels``; the liver's HU."""
+    ax, ay, sy = trunk.ax, trunk.ay, trunk.sy
 
     def paint(value: int, hu_value: float, box: tuple[slice, ...], mask: np.ndarray) -> None:
-        free = mask & (labels[box] == 0) & (hu[box] > -200) & (hu[box] < 600)
-        labels[box][free] = value
-        hu[box][free] = hu_value
+        _paint(hu, labels, value, hu_value, box, mask)
 
     # liver (patient right = negative x), upper abdomen
     liver_c = (-ax * rng.uniform(0.3, 0.45), -ay * rng.uniform(0.0, 0.2), rng.uniform(10, 45))
@@ -153,6 +172,23 @@ def generate_ct_case(seed: int, spacing: float | str | tuple[float, ...] = (3.0,
         paint(value, kidney_hu, box, mask)
         sinus = ndimage.binary_erosion(mask & (labels[box] == value), iterations=3)
         hu[box][sinus] = kidney_hu - 80
+    return float(liver_hu)
+
+
+def generate_ct_case(seed: int, spacing: float | str | tuple[float, ...] = (3.0, 2.0, 2.0), *,
+                     lesion_probability: float = 0.7) -> PhantomCase:
+    """One abdominal CT case in HU (integer-valued float32) with labels on a (z, y, x) mm grid."""
+    spacing = parse_spacing(spacing)
+    if not 0.0 <= lesion_probability <= 1.0:
+        raise ValueError(f"lesion_probability must be in 0..1, got {lesion_probability!r}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xC7AB])
+    shape, affine = _grid(spacing)
+    body = _Body(shape, affine, rng)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+
+    trunk = _trunk(body, hu, rng)
+    liver_hu = _organs(body, trunk, hu, labels, rng)
     # liver lesion (optional), inside the liver
     lesion = rng.uniform() < lesion_probability
     meta: dict[str, object] = {"lesion": False}

@@ -51,6 +51,7 @@ class DatasetSpec:
     spacing: str = ""  # mm, "2" or "3,2,2"; "" = the phantom's default
     seed: int = 0
     tumor_radius_mm: str = ""  # brain only: "LO,HI" whole-tumor radius range; "" = the phantom's (2.5,35)
+    setting: Literal["default", "hard"] = "default"  # phantom setting (docs/benchmark.md)
 
 
 @dataclass(frozen=True)

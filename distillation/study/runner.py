@@ -110,9 +110,10 @@ def _ensure_dataset(config: StudyConfig, work: Path) -> Path:
 
     d = config.dataset
     log.info("study: generating %d + %d %s phantoms in %s", d.cases, d.test_cases, d.kind, folder)
+    dataset_id, name = _PHANTOM_DATASETS[d.kind]  # where dataset_dir looks, whatever the setting
     phantoms(argparse.Namespace(kind=d.kind, cases=d.cases, test_cases=d.test_cases, out=work / "data", seed=d.seed,
                                 spacing=d.spacing or None, tumor_radius=d.tumor_radius_mm or None,
-                                dataset_id=None, name=None, dicom=False,
+                                setting=d.setting, dataset_id=dataset_id, name=name, dicom=False,
                                 orientation=None, flip_slices=False, enhanced=False, compress=None))
     return folder
 
