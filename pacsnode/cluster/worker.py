@@ -35,6 +35,7 @@ _STALLED = text(
     "WHERE job.status = 'doing' AND (job.worker_id IS NULL OR "
     "w.last_heartbeat < now() - make_interval(secs => :s)) "
     "ORDER BY job.id FOR UPDATE OF job SKIP LOCKED")
+RESTART_SECONDS = 1.0
 _RETRY = text("SELECT procrastinate_retry_job_v1(:id, now(), NULL, NULL, NULL)")
 _FAIL = text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)")
 
@@ -81,7 +82,7 @@ class ClusterWorker:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._recovery: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.restarts = 0
 
     # --- the task every item runs -------------------------------------------------------------
 
@@ -102,18 +103,25 @@ class ClusterWorker:
         self._recovery = threading.Thread(target=self._recover_loop, name="cluster-recovery", daemon=True)
         self._recovery.start()
         self._ready.wait(30)
-        if self.error is None:
+        if self._thread.is_alive():
             LOG.info("cluster worker started: queue control (%d threads), queue inference (%d threads), "
                      "stall timeout %g s", self.control_threads, self.inference_threads, self.stall_seconds)
 
     def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._amain())
-        except BaseException as exc:  # noqa: BLE001 - reported by running(), logged here
-            self.error = exc
-            LOG.error("the cluster worker stopped: %s", exc)
-        finally:
-            self._ready.set()
+        """Run the procrastinate workers; when the database drops them (a restart, a failover)
+        start them again, every ``RESTART_SECONDS`` until it answers, until :meth:`stop`."""
+        while not self._stop.is_set():
+            try:
+                asyncio.run(self._amain())
+            except Exception as exc:  # noqa: BLE001 - the database went away under the workers
+                self.restarts += 1
+                LOG.warning("the cluster worker lost the database (%s); starting it again in %g s",
+                            _first_line(exc), RESTART_SECONDS)
+                self._ready.set()
+                self._stop.wait(RESTART_SECONDS)
+            else:
+                break
+        self._ready.set()
 
     async def _amain(self) -> None:
         from procrastinate import App, PsycopgConnector
@@ -145,7 +153,7 @@ class ClusterWorker:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, grace: float = 30.0) -> None:
         self._stop.set()
@@ -155,3 +163,13 @@ class ClusterWorker:
             self._thread.join(grace + 5)
         if self._recovery is not None:
             self._recovery.join(5)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, or its cause's (procrastinate's wrapper says only
+    "Database error.")."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        text_ = (str(e).strip().splitlines() or [""])[0] if e is not None else ""
+        if text_ and text_ != "Database error.":
+            return text_
+    return type(exc).__name__
