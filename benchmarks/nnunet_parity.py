@@ -259,7 +259,8 @@ def write_doc(results: list[dict], command: str) -> None:
         results = [next((r for r in results if r["key"] == row.key), old.get(row.key)) for row in ROWS]
         results = [r for r in results if r is not None]
     text = DOC.read_text(encoding="utf-8")
-    block = (f"{BEGIN}\n\n`{command}`\n\n{table(results)}\n\nPer case (voxel counts of nnU-Net's label map, grids, "
+    block = (f"{BEGIN}\n\n`{command}` (the last run; rows not in it are kept from earlier runs, see "
+             f"docs/nnunet-parity.json)\n\n{table(results)}\n\nPer case (voxel counts of nnU-Net's label map, grids, "
              f"backend, postprocessing steps): `docs/nnunet-parity.json`.\n\n{END}")
     if BEGIN in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)

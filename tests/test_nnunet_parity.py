@@ -52,7 +52,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_every_configuration_has_a_fixture() -> None:
-    assert {"brain-5fold", "brain-5fold-pp", "brain-fold0", "kits-order"} <= set(ROWS)
+    assert {"brain-5fold", "brain-5fold-pp", "brain-fold0", "brats-regions", "kits-order"} <= set(ROWS)
 
 
 @pytest.mark.parametrize("key", sorted(ROWS))
