@@ -142,6 +142,7 @@ def test_a_frozen_worker_past_the_stall_timeout_finishes_nothing(cluster: Cluste
         wait_for(lambda: "superseded" in w1.log.read_text(errors="replace"), 60,
                  "worker-1's finish to be refused")
         time.sleep(2.0)  # anything it could still send would be on its way by now
+        assert "Traceback" not in w1.log.read_text(errors="replace")  # it ended its old item quietly
         assert _modalities(orthanc) == ["SEG", "SR"]
         assert _outputs_sent(ledger) and _earlier_rows(ledger) == []  # frozen before its output: nothing of it
         job = ledger.job(job_id)

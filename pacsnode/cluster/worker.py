@@ -9,7 +9,8 @@ Stalled items (:func:`recover_stalled`): an item whose worker has sent no heartb
 ``stall_seconds`` (killed, frozen, cut off) is taken back by any other worker. A model job is
 first *fenced* in the ledger (:meth:`~pacsnode.ledger.Ledger.fence_job`: one more start counted,
 so the silent holder's finish is refused if it ever wakes up, and its pending deliveries
-dropped) and queued again; any other item simply runs again (handlers are idempotent).
+dropped) and queued again as a new item; the old item keeps running without its locks, so a
+holder that wakes up ends it quietly (it is deleted ten stall timeouts after its release). Any other item simply runs again (handlers are idempotent).
 """
 
 from __future__ import annotations
@@ -32,12 +33,20 @@ LOG = logging.getLogger(__name__)
 _STALLED = text(
     "SELECT job.id, job.args FROM procrastinate_jobs job "
     "LEFT JOIN procrastinate_workers w ON w.id = job.worker_id "
-    "WHERE job.status = 'doing' AND (job.worker_id IS NULL OR "
+    "WHERE job.status = 'doing' AND job.lock IS NOT NULL AND (job.worker_id IS NULL OR "
     "w.last_heartbeat < now() - make_interval(secs => :s)) "
     "ORDER BY job.id FOR UPDATE OF job SKIP LOCKED")
 RESTART_SECONDS = 1.0
 _RETRY = text("SELECT procrastinate_retry_job_v1(:id, now(), NULL, NULL, NULL)")
 _FAIL = text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)")
+# A fenced job's old item stays 'doing' without its locks (its new item runs meanwhile), so that a
+# holder that wakes up ends its own item quietly; it is forgotten ten stall timeouts after its
+# release (the release time is kept in scheduled_at, which a running item no longer uses).
+_RELEASE = text("UPDATE procrastinate_jobs SET lock = NULL, queueing_lock = NULL, scheduled_at = now() "
+                "WHERE id = :id")
+_FORGET = text(
+    "DELETE FROM procrastinate_jobs WHERE status = 'doing' AND lock IS NULL "
+    "AND scheduled_at < now() - make_interval(secs => :s * 10)")
 
 
 def recover_stalled(ledger: Any, stall_seconds: float) -> int:
@@ -53,7 +62,7 @@ def recover_stalled(ledger: Any, stall_seconds: float) -> int:
                                           "taken over by another worker")
                 LOG.warning("job %s: its worker stopped answering; %s", job_id,
                             "queued again for another worker" if fenced else "no longer running, released")
-                c.execute(_FAIL, {"id": item_id})
+                c.execute(_RELEASE, {"id": item_id})
             else:
                 sp = c.begin_nested()
                 try:
@@ -64,6 +73,7 @@ def recover_stalled(ledger: Any, stall_seconds: float) -> int:
                     c.execute(_FAIL, {"id": item_id})
                 LOG.warning("queue item %s (%s) of a silent worker runs again", item_id, args.get("item"))
             n += 1
+        c.execute(_FORGET, {"s": stall_seconds})
     return n
 
 
