@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distillation.cli.import_nnunet",
     "distillation.cli.export",
     "distillation.cli.evaluate",
+    "distillation.cli.baseline",
     "distillation.cli.show_case",
     "distillation.cli.study",
 )
