@@ -9,8 +9,9 @@ Stalled items (:func:`recover_stalled`): an item whose worker has sent no heartb
 ``stall_seconds`` (killed, frozen, cut off) is taken back by any other worker. A model job is
 first *fenced* in the ledger (:meth:`~pacsnode.ledger.Ledger.fence_job`: one more start counted,
 so the silent holder's finish is refused if it ever wakes up, and its pending deliveries
-dropped) and queued again as a new item; the old item keeps running without its locks, so a
-holder that wakes up ends it quietly (it is deleted ten stall timeouts after its release). Any other item simply runs again (handlers are idempotent).
+dropped) and queued again as a new item; any other item is queued again as it was (handlers are
+idempotent). The old item keeps running without its locks, so a holder that wakes up ends it
+quietly (it is deleted ten stall timeouts after its release).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import threading
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 from pacsnode.cluster.queue import CONTROL, INFERENCE, TASK, arm_in
 
@@ -31,17 +31,16 @@ __all__ = ["ClusterWorker", "recover_stalled"]
 LOG = logging.getLogger(__name__)
 
 _STALLED = text(
-    "SELECT job.id, job.args FROM procrastinate_jobs job "
+    "SELECT job.id, job.args, job.queue_name FROM procrastinate_jobs job "
     "LEFT JOIN procrastinate_workers w ON w.id = job.worker_id "
     "WHERE job.status = 'doing' AND job.lock IS NOT NULL AND (job.worker_id IS NULL OR "
     "w.last_heartbeat < now() - make_interval(secs => :s)) "
     "ORDER BY job.id FOR UPDATE OF job SKIP LOCKED")
 RESTART_SECONDS = 1.0
-_RETRY = text("SELECT procrastinate_retry_job_v1(:id, now(), NULL, NULL, NULL)")
-_FAIL = text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)")
-# A fenced job's old item stays 'doing' without its locks (its new item runs meanwhile), so that a
-# holder that wakes up ends its own item quietly; it is forgotten ten stall timeouts after its
-# release (the release time is kept in scheduled_at, which a running item no longer uses).
+# A silent worker's item stays 'doing' without its locks while a new copy runs (for a model job,
+# after the ledger fenced it), so that a holder that wakes up ends its own item quietly; it is
+# forgotten ten stall timeouts after its release (the release time is kept in scheduled_at, which
+# a running item no longer uses).
 _RELEASE = text("UPDATE procrastinate_jobs SET lock = NULL, queueing_lock = NULL, scheduled_at = now() "
                 "WHERE id = :id")
 _FORGET = text(
@@ -53,8 +52,9 @@ def recover_stalled(ledger: Any, stall_seconds: float) -> int:
     """Take back every item whose worker has been silent for ``stall_seconds``; returns how many."""
     n = 0
     with ledger.engine.begin() as c:
-        for item_id, args in c.execute(_STALLED, {"s": stall_seconds}).all():
+        for item_id, args, queue in c.execute(_STALLED, {"s": stall_seconds}).all():
             args = args if isinstance(args, dict) else json.loads(args)
+            c.execute(_RELEASE, {"id": item_id})  # the old item runs on without its locks
             if args.get("handler") == "job":
                 job_id = int(args["args"][0])
                 held = ledger.job(job_id)
@@ -62,15 +62,8 @@ def recover_stalled(ledger: Any, stall_seconds: float) -> int:
                                           "taken over by another worker")
                 LOG.warning("job %s: its worker stopped answering; %s", job_id,
                             "queued again for another worker" if fenced else "no longer running, released")
-                c.execute(_RELEASE, {"id": item_id})
-            else:
-                sp = c.begin_nested()
-                try:
-                    c.execute(_RETRY, {"id": item_id})
-                    sp.commit()
-                except IntegrityError:  # the same item waits already: this one ends
-                    sp.rollback()
-                    c.execute(_FAIL, {"id": item_id})
+            else:  # a new copy of the item (or the waiting one, moved to now)
+                arm_in(c, args["item"], None, args["handler"], args["args"], queue, every=args.get("every"))
                 LOG.warning("queue item %s (%s) of a silent worker runs again", item_id, args.get("item"))
             n += 1
         c.execute(_FORGET, {"s": stall_seconds})
