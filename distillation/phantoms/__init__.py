@@ -1,5 +1,7 @@
 """Synthetic brain-tumor MR and abdominal CT phantoms with ground truth.
 
+Two named settings (:mod:`.settings`): ``default`` and ``hard`` (benchmark v2, docs/benchmark.md).
+
 Needs numpy, scipy, nibabel, nilearn and pydicom only: never torch (the node's demo
 uses these generators). Heavy submodules load lazily on first use.
 """
@@ -11,7 +13,9 @@ from typing import Any
 
 __all__ = [
     "PhantomCase",
+    "SETTINGS",
     "StudyInfo",
+    "generate_case",
     "generate_brain_case",
     "generate_ct_case",
     "reorient",
@@ -30,6 +34,8 @@ _LAZY = {
     "reorient_case": ".orientation",
     "generate_brain_case": ".brain",
     "generate_ct_case": ".ct",
+    "generate_case": ".settings",
+    "SETTINGS": ".settings",
     "write_nnunet_dataset": ".nnunet_raw",
 }
 
