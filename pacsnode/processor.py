@@ -16,7 +16,8 @@ writing results raises ``OSError`` ENOSPC (the job waits for space). A failed wr
 removes its staging folder, so a full disk is not filled further by half results.
 
 The SEG goes out first: its folder is put in place and its outbox rows handed to the
-dispatcher before the SR is built, which is then added to the folder (temp file and rename)
+dispatcher before the SR is built (which waits up to ``SEG_HEAD_START_S`` for the SEG's first
+attempts, so that building it does not slow the sending), which is then added to the folder (temp file and rename)
 with its own rows; ``run.json`` comes last. A job that fails after its SEG was queued
 writes the same SEG again on its next start (same UIDs: the PACS sees a replacement).
 """
@@ -45,12 +46,16 @@ from pacsnode.ledger import JobRow, Ledger
 from pacsnode.results import segment_volumes_ml
 from pacsnode.results.nifti import write_nifti
 from pacsnode.results.run_outputs import seg_for_run, sr_for_run
+from pacsnode.states import DeliveryState
 from pacsnode.volume import Volume, read_series, scan_series, select_series
 from pacsnode.volume.select import input_selectors
 
 __all__ = ["Processor", "RunSummary", "RUN_SUMMARY", "result_uids"]
 
 LOG = logging.getLogger(__name__)
+
+SEG_HEAD_START_S = 2.0
+"""At most this long the SR waits for the SEG's first delivery attempts (sent, failed or held)."""
 
 RUN_SUMMARY = "run.json"
 """Per-job summary written beside the results: timings, windows, segment volumes."""
@@ -155,6 +160,7 @@ class Processor:
         # writes the same SEG (same UIDs) and the same outbox rows.
         delivery_ids = self._queue(job, route, out_dir, outputs)
         if "sr" in route.outputs and seg is not None:
+            self._head_start(delivery_ids)
             t2 = time.perf_counter()
             series_uid, sop_uid = result_uids(job.unit_uid, model.sha256, job.generation, "sr")
             sr = sr_for_run(seg, volumes, prediction, card, model_sha256=model.sha256,
@@ -180,6 +186,19 @@ class Processor:
         LOG.info("job %s: %s on unit %s → %s; %d deliveries queued", job.id, card.name, job.unit_uid,
                  ", ".join(outputs), len(delivery_ids))
         return [str(p) for p in paths] + [str(out_dir / RUN_SUMMARY)]
+
+    def _head_start(self, ids: Sequence[int]) -> None:
+        """Let the SEG's first delivery attempts run before the SR is built, for at most
+        SEG_HEAD_START_S: both are Python and share the interpreter, and the SR built alongside
+        slowed the SEG's sending ~4x (0.15 → 0.6 s on the demo study)."""
+        deadline = time.monotonic() + SEG_HEAD_START_S
+        waiting = list(ids)
+        while waiting and time.monotonic() < deadline:
+            rows = [self.ledger.delivery(i) for i in waiting]
+            waiting = [r.id for r in rows if r.state is DeliveryState.PENDING and not r.attempts
+                       and not r.last_error]
+            if waiting:
+                time.sleep(0.02)
 
     def _queue(self, job: JobRow, route: Route, out_dir: Path, outputs: dict[str, Path]) -> list[int]:
         """One outbox row per DICOM output and destination, handed to the dispatcher at once."""

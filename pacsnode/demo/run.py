@@ -122,7 +122,7 @@ def _stages(state_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
         0.0, seg_done - last - timer - sum(v for k, v in stages.items() if k not in ("stable timer",
                                                                                   "receive (first → last instance)")))
     stages[SEG_STORED] = seg_done - last
-    stages["SR (built while the SEG is sent)"] = t.get("sr", 0.0)
+    stages["SR (built once the SEG is on its way)"] = t.get("sr", 0.0)
     stages[ALL_STORED] = done - last
     return stages, run
 
