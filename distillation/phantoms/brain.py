@@ -211,6 +211,20 @@ def _tumor(rng: np.random.Generator, brain: np.ndarray, csf: np.ndarray, wm: np.
     return labels, meta
 
 
+def _scan(img: np.ndarray, rng: np.random.Generator, spacing: tuple[float, float, float],
+          sigma_noise: float, *, bias: tuple[float, float]) -> np.ndarray:
+    """What the scanner does to a noise-free image, drawing from ``rng`` in this order: a blur
+    (anisotropic, in voxels), a smooth multiplicative bias field of strength drawn from ``bias``,
+    Rician noise of ``sigma_noise``, and integer scaling."""
+    blur = rng.uniform(0.3, 0.9, 3) / np.asarray(spacing) * 1.5
+    img = ndimage.gaussian_filter(img, sigma=np.minimum(blur, 1.2))
+    img *= np.exp(rng.uniform(*bias) * smooth_field(rng, img.shape, 3))
+    n1 = rng.standard_normal(img.shape, dtype=np.float32)
+    n2 = rng.standard_normal(img.shape, dtype=np.float32)
+    img = np.sqrt((img + sigma_noise * n1) ** 2 + (sigma_noise * n2) ** 2)
+    return np.rint(img * rng.uniform(700.0, 1300.0))
+
+
 def generate_brain_case(seed: int, spacing: float | str | tuple[float, ...] = (2.0, 2.0, 2.0), *,
                         tumor_radius_mm: tuple[float, float] = (2.5, 35.0)) -> PhantomCase:
     """One brain-tumor MR case: four contrasts and labels on a (z, y, x) = ``spacing`` mm grid.
@@ -237,13 +251,7 @@ def generate_brain_case(seed: int, spacing: float | str | tuple[float, ...] = (2
     for c, name in enumerate(CHANNELS):
         img = intensity[c, 0] * fractions[0] + intensity[c, 1] * fractions[1] + intensity[c, 2] * fractions[2]
         img[tumor] = intensity[c, 2 + labels[tumor]]
-        blur = rng.uniform(0.3, 0.9, 3) / np.asarray(spacing) * 1.5
-        img = ndimage.gaussian_filter(img, sigma=np.minimum(blur, 1.2))
-        img *= np.exp(rng.uniform(0.05, 0.2) * smooth_field(rng, shape, 3))
-        n1 = rng.standard_normal(shape, dtype=np.float32)
-        n2 = rng.standard_normal(shape, dtype=np.float32)
-        img = np.sqrt((img + sigma_noise * n1) ** 2 + (sigma_noise * n2) ** 2)
-        img = np.rint(img * rng.uniform(700.0, 1300.0))
+        img = _scan(img, rng, spacing, sigma_noise, bias=(0.05, 0.2))
         img[~brain] = 0.0
         images[name] = img.astype(np.float32)
     labels[~brain] = 0

@@ -169,13 +169,7 @@ def generate_brain_hard_case(seed: int, spacing: float | str | tuple[float, ...]
                 tumor_img[region] += tumor_frac[k][region] * rng.uniform(*_TUMOR[v][c])
         texture = 1.0 + rng.uniform(0.08, 0.18) * np.tanh(smooth_field(rng, shape, (12, 14, 12)))
         img += tumor_img * texture
-        blur = rng.uniform(0.3, 0.9, 3) / np.asarray(spacing) * 1.5
-        img = ndimage.gaussian_filter(img, sigma=np.minimum(blur, 1.2))
-        img *= np.exp(rng.uniform(0.15, 0.35) * smooth_field(rng, shape, 3))
-        n1 = rng.standard_normal(shape, dtype=np.float32)
-        n2 = rng.standard_normal(shape, dtype=np.float32)
-        img = np.sqrt((img + sigma_noise * n1) ** 2 + (sigma_noise * n2) ** 2)
-        img = np.rint(img * rng.uniform(700.0, 1300.0))
+        img = brain._scan(img, rng, spacing, sigma_noise, bias=(0.15, 0.35))  # a stronger bias field
         img[~brain_mask] = 0.0
         images[name] = img.astype(np.float32)
     labels[~brain_mask] = 0
