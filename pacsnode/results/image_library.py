@@ -88,15 +88,18 @@ def _group_key(image: Dataset, ds: Dataset) -> tuple[str, ...]:
     return (modality, str(ds.get("FrameOfReferenceUID", "")))
 
 
-def _highdicom_entry(ds: Dataset) -> tuple[Dataset, Dataset]:
-    """(the group item without its images, the image item) as highdicom builds them for ``ds``."""
+def _highdicom_entry(ds: Dataset) -> tuple[Dataset, Dataset, Dataset]:
+    """(the library container and its group item, both without content below them, and the image
+    item) as highdicom builds them for ``ds``."""
     library = hd.sr.ImageLibrary([ds])[0]
     group = library.ContentSequence[0]
     image = group.ContentSequence[-1]
+    container = _clone(library)
+    container.ContentSequence = []
     head = _clone(group)
     head.ContentSequence = [item for item in head.ContentSequence
                             if item.get("ValueType") != "IMAGE"]
-    return head, image
+    return container, head, image
 
 
 def _copyable(entry: Dataset) -> bool:
@@ -130,25 +133,22 @@ def image_library(datasets: Sequence[Dataset]) -> Dataset:
         raise ValueError("an Image Library needs at least one image")
     templates: dict[tuple[Any, ...], tuple[Dataset, Dataset, bool, tuple[str, ...]]] = {}
     groups: dict[tuple[str, ...], Dataset] = {}
+    library: Dataset | None = None
     for ds in datasets:
         kind = _kind(ds)
-        if kind not in templates:
-            head, image = _highdicom_entry(ds)
-            templates[kind] = (head, image, _copyable(image), _group_key(image, ds))
-            first = True
+        if kind in templates:
+            head, image, copyable, key = templates[kind]
+            entry = _entry_from(image, ds) if copyable else _highdicom_entry(ds)[2]
         else:
-            first = False
-        head, image, copyable, key = templates[kind]
-        if first:
+            container, head, image = _highdicom_entry(ds)
+            library = library or container
+            key = _group_key(image, ds)
+            templates[kind] = (head, image, _copyable(image), key)
             entry = image
-        elif copyable:
-            entry = _entry_from(image, ds)
-        else:
-            entry = _highdicom_entry(ds)[1]
         if key not in groups:
             groups[key] = _clone(head)
         groups[key].ContentSequence.append(entry)
-    library = _clone(hd.sr.ImageLibrary([datasets[0]])[0])
+    assert library is not None  # the first image made it
     library.ContentSequence = list(groups.values())
     return library
 
