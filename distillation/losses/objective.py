@@ -2,6 +2,11 @@
 
 One object serves teacher training (no teacher, no KD) and distillation. It returns the total
 and a dict of detached per-term values for logging (``seg``, ``logit``, ``sard``, ``ca``).
+
+A sample whose target is :data:`UNLABELLED` (-1) everywhere has no label (label-free
+distillation, docs/label-free.md): the seg term is averaged over the labelled samples only and
+left out (no ``seg`` part) when there are none; the KD terms that weigh by class read the
+teacher's prediction in place of the missing label.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from torch import nn
 from distillation.losses.kd import ContextLoss, KDConfig, LogitKDLoss, SARDLoss
 from distillation.losses.segmentation import DeepSupervisionLoss, DiceCELoss
 
-__all__ = ["Objective"]
+__all__ = ["Objective", "UNLABELLED"]
+
+UNLABELLED = -1  # the target value of a sample without a label
 
 
 def _full_res(outputs: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -45,8 +52,16 @@ class Objective(nn.Module):
         teacher_outputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
         teacher_features: Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        total = self.seg(outputs, target)
-        parts = {"seg": float(total.detach())}
+        labelled = (target.flatten(1) != UNLABELLED).any(1)  # (B,): a sample without a label is all -1
+        if bool(labelled.all()):
+            total = self.seg(outputs, target)
+            parts = {"seg": float(total.detach())}
+        else:
+            total, parts = self._seg_of_labelled(outputs, target, labelled)
+            if teacher_outputs is not None:  # class weighting of the unlabelled samples: the teacher's argmax
+                guess = _full_res(teacher_outputs).argmax(1).to(target.dtype)
+                guess = guess[:, None] if target.ndim == guess.ndim + 1 else guess
+                target = torch.where(labelled.view(-1, *[1] * (target.ndim - 1)), target, guess)
         kd = self.kd
         if kd.logit:
             if teacher_outputs is None:
@@ -68,3 +83,14 @@ class Objective(nn.Module):
             parts["ca"] = float(term.detach())
         parts["total"] = float(total.detach())
         return total, parts
+
+    def _seg_of_labelled(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor,
+                         labelled: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+        # every output stays in the graph (0 x it): DDP needs each parameter's gradient every step
+        total = sum((o.float().sum() * 0.0 for o in outs), outs[0].new_zeros((), dtype=torch.float32))
+        if not bool(labelled.any()):
+            return total, {}
+        picked = outputs[labelled] if isinstance(outputs, torch.Tensor) else [o[labelled] for o in outs]
+        seg = self.seg(picked, target[labelled])
+        return total + seg, {"seg": float(seg.detach())}
