@@ -5,7 +5,12 @@ Walked with pacsnode's config walker, so a misspelt key or a wrong value is one
 
 ``[dataset]``     which phantoms (``brain`` / ``ct``), how many training and held-out cases, spacing, seed
 ``[training]``    the training preset (bundled name or file) and the study's overrides of it
-``[students]``    widths × KD recipes (or an explicit ``runs`` subset) × seeds
+``[students]``    widths × KD recipes (or an explicit ``runs`` subset) × seeds; a run
+                  "WIDTH:RECIPE:LABELS" has a label budget (docs/label-free.md): only the first
+                  LABELS training cases keep their labels; a KD recipe also learns from the other
+                  training cases through the teacher's soft targets, ``none`` (the supervised
+                  control on the same budget) trains on the LABELS cases alone; LABELS 0 with a KD
+                  recipe is label-free distillation
 ``[evaluation]``  ONNX Runtime threads for Dice/HD95 and latency, how many cases/windows are timed
 ``[report]``      the title and the file stem of ``docs/<stem>.md`` and its plots
 """
@@ -70,7 +75,8 @@ class StudentsSpec:
     """[students]: the grid ``widths × kd`` (or exactly ``runs``, as "WIDTH:RECIPE"), once per seed.
 
     A run written "WIDTH:RECIPE@0,1,2" has its own seeds, so that the comparison that needs a
-    spread gets more seeds than the rest of the grid."""
+    spread gets more seeds than the rest of the grid; "WIDTH:RECIPE:LABELS[@...]" has a label
+    budget (module docstring)."""
 
     widths: tuple[float, ...] = field(default=(0.5, 0.25, 0.125), metadata=_check(
         lambda v: all(0 < w <= 1 for w in v), "numbers in (0, 1]"))
@@ -103,15 +109,18 @@ class ReportSpec:
 
 @dataclass(frozen=True)
 class RunKey:
-    """One student run: width factor, KD recipe name (a :data:`KD_RECIPES` key) and seed."""
+    """One student run: width factor, KD recipe name (a :data:`KD_RECIPES` key), seed and label
+    budget (``None``: every label; N: the first N training cases, the rest unlabelled)."""
 
     width: float
     kd: str
     seed: int
+    labels: int | None = None
 
     @property
     def name(self) -> str:
-        return f"w{self.width:g}-{self.kd}-s{self.seed}"
+        budget = "" if self.labels is None else f"-l{self.labels}"
+        return f"w{self.width:g}-{self.kd}{budget}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,9 @@ class StudyConfig:
         if self.students.runs:
             grid = [_parse_run(r, i, seeds) for i, r in enumerate(self.students.runs)]
         else:
-            grid = [(w, k, seeds) for w in self.students.widths for k in self.students.kd]
-        extra = sorted({s for _, _, run_seeds in grid for s in run_seeds} - set(seeds))  # only "@" seeds
-        return [RunKey(w, k, s) for s in (*seeds, *extra) for w, k, run_seeds in grid if s in run_seeds]
+            grid = [(w, k, seeds, None) for w in self.students.widths for k in self.students.kd]
+        extra = sorted({s for *_, run_seeds, _ in grid for s in run_seeds} - set(seeds))  # only "@" seeds
+        return [RunKey(w, k, s, n) for s in (*seeds, *extra) for w, k, run_seeds, n in grid if s in run_seeds]
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -140,18 +149,22 @@ class StudyConfig:
         return asdict(self)
 
 
-def _parse_run(text: str, i: int, seeds: tuple[int, ...]) -> tuple[float, str, tuple[int, ...]]:
+def _parse_run(text: str, i: int, seeds: tuple[int, ...]) -> tuple[float, str, tuple[int, ...], int | None]:
     run, at, seed_text = text.partition("@")
     width, _, kd = run.partition(":")
+    kd, colon, label_text = kd.partition(":")
     try:
         w = float(width)
         run_seeds = tuple(int(s) for s in seed_text.split(",")) if at else seeds
+        labels = int(label_text) if colon else None
     except ValueError:
-        w, run_seeds = -1.0, ()
-    if not 0 < w <= 1 or kd not in KD_RECIPES or not run_seeds or len(set(run_seeds)) != len(run_seeds):
-        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE' or 'WIDTH:RECIPE@SEED,SEED,...' with WIDTH "
-                          f"in (0, 1], RECIPE from {', '.join(KD_RECIPES)} and distinct integer seeds, got {text!r}")
-    return w, kd, run_seeds
+        w, run_seeds, labels = -1.0, (), None
+    if (not 0 < w <= 1 or kd not in KD_RECIPES or not run_seeds or len(set(run_seeds)) != len(run_seeds)
+            or (labels is not None and (labels < 0 or (labels == 0 and kd == "none")))):
+        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE[:LABELS][@SEED,SEED,...]' with WIDTH in (0, 1], "
+                          f"RECIPE from {', '.join(KD_RECIPES)}, LABELS a label budget of zero or more cases "
+                          f"(at least 1 with none) and distinct integer seeds, got {text!r}")
+    return w, kd, run_seeds, labels
 
 
 def parse_study(data: Mapping[str, Any]) -> StudyConfig:
