@@ -6,13 +6,17 @@ spatial axes, writes the card JSON into ``metadata_props["pacsnode.model_card"]`
 it with the node's validator, and checks with ONNX Runtime that ONNX and torch agree on a window
 (max abs difference of logits and argmax agreement are returned in an :class:`ExportReport`).
 KD adapters are never part of the file: only the network passed in (or its ``.student``) is exported.
+
+Weights past :data:`EXTERNAL_DATA_BYTES` (1 GiB of float32 tensors, e.g. a five-fold full-size nnU-Net
+ensemble; protobuf refuses a message past 2 GiB) go to ONNX external data beside the graph:
+``NAME.onnx`` (graph and card) plus ``NAME.onnx.data`` (every tensor, one file). The card's
+``external_data`` records that file's size and sha256 and the node refuses a mismatch
+(:mod:`pacsnode.inference.external_data`). Copy both files together.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import json
 import logging
 import math
@@ -30,7 +34,7 @@ from torch import nn
 
 from distillation.export.card import validate_card
 
-__all__ = ["METADATA_KEY", "ExportReport", "export_onnx", "compare_onnx_torch", "read_card",
+__all__ = ["METADATA_KEY", "EXTERNAL_DATA_BYTES", "ExportReport", "export_onnx", "compare_onnx_torch", "read_card",
            "write_card", "total_stride"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "pacsnode.model_card"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+EXTERNAL_DATA_BYTES = 1 << 30
+"""Weights (bytes of tensors) above which the exporter writes ONNX external data: half protobuf's 2 GiB
+limit, so the graph, the card and a quantized copy's extra tensors never bring a file near it."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def write_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
     import onnx
 
     path = Path(path)
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # the data file is neither read nor rewritten
     _set_card(model, card)
     _save_atomic(model, path)
 
@@ -190,9 +197,53 @@ def _default_check_shape(card_patch: Sequence[int], divisor: Sequence[int], cap:
     return tuple(shape)
 
 
+def _weight_bytes(model: nn.Module) -> int:
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int, spatial: dict[int, str]) -> None:
+    """torch.onnx.export to a path (a model past 2 GiB is written as external data only to a path)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # InstanceNorm always normalises with the input's own statistics; the exporter warns about it.
+        warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
+        # InstanceNorm's Python-side channel-count check; shapes of channels are static in our graphs.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            _LogitsOnly(model), (dummy,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: dict(spatial), OUTPUT_NAME: dict(spatial)},
+            do_constant_folding=True,
+        )
+
+
+def _save_with_external_data(onnx_model: Any, card: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write ``NAME.onnx.data`` (all tensors) and then ``NAME.onnx`` (graph + card recording the data's
+    size and sha256), each atomically; returns the card as written."""
+    import onnx
+
+    from pacsnode.inference.external_data import file_digests
+
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        onnx.save_model(onnx_model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=0)
+        digests = file_digests(staged)[1]
+        size = (Path(tmp) / data_name).stat().st_size
+        card = validate_card({**card, "external_data": [{"file": data_name, "sha256": digests[data_name],
+                                                         "bytes": size}]})
+        _set_card(onnx_model, card)  # the tensors are external now: this writes only the graph
+        onnx.save_model(onnx_model, str(staged))
+        for name in (data_name, path.name):  # data first: a graph never points at missing weights
+            os.chmod(Path(tmp) / name, _file_mode())
+            os.replace(Path(tmp) / name, path.parent / name)
+    return card
+
+
 def export_onnx(net: nn.Module, card: Mapping[str, Any], path: str | os.PathLike, opset: int = 17, *,
                 check: bool = True, check_shape: Sequence[int] | None = None, check_cap: int = 64,
-                atol: float = 1e-3, min_argmax_agreement: float = 0.999, seed: int = 0) -> ExportReport:
+                atol: float = 1e-3, min_argmax_agreement: float = 0.999, seed: int = 0,
+                external_data_bytes: int = EXTERNAL_DATA_BYTES) -> ExportReport:
     """Write ``net`` (deep supervision off, KD adapters stripped) and ``card`` to ``path``.
 
     The card is validated with the node's validator first (``ModelError`` on a bad card); its
@@ -200,12 +251,15 @@ def export_onnx(net: nn.Module, card: Mapping[str, Any], path: str | os.PathLike
     the file is run through ONNX Runtime on a random window (``check_shape``, by default the card's
     patch size capped at ``check_cap`` voxels per axis) and compared with torch; a max abs difference
     above ``atol`` or argmax agreement below ``min_argmax_agreement`` raises ``ValueError``.
+    Weights larger than ``external_data_bytes`` go to ``NAME.onnx.data`` (see the module docstring);
+    the report's sha256 is the node's (the graph file, then the data file).
     """
     import onnx
 
     from pacsnode.errors import ModelError
+    from pacsnode.inference.external_data import file_digests
 
-    card = validate_card(card)
+    card = validate_card({k: v for k, v in card.items() if k != "external_data"})
     path = Path(path)
     model = _prepare(net)
     channels = _input_channels(model)
@@ -222,24 +276,25 @@ def export_onnx(net: nn.Module, card: Mapping[str, Any], path: str | os.PathLike
     dummy = torch.zeros((1, channels, *trace_shape))
     dummy.normal_(generator=torch.Generator().manual_seed(seed))
     spatial = {2: "z", 3: "y", 4: "x"} if len(divisor) == 3 else {2: "y", 3: "x"}
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        # InstanceNorm always normalises with the input's own statistics; the exporter warns about it.
-        warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
-        # InstanceNorm's Python-side channel-count check; shapes of channels are static in our graphs.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            _LogitsOnly(model), (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: dict(spatial), OUTPUT_NAME: dict(spatial)},
-            do_constant_folding=True,
-        )
-    onnx_model = onnx.load_from_string(buf.getvalue())
+    external = _weight_bytes(model) > external_data_bytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.trace.", dir=path.parent) as tmp:
+        traced = Path(tmp) / "traced.onnx"
+        _trace(model, dummy, traced, opset, spatial)
+        onnx_model = onnx.load(str(traced))  # torch's own external data (past 2 GiB) is read back in
     onnx_model.producer_name = "pacsnode.distillation"
     onnx_model.doc_string = f"{card['name']} {card['version']}: {card.get('description', '')}"[:500]
-    _set_card(onnx_model, card)
-    onnx.checker.check_model(onnx_model)
-    _save_atomic(onnx_model, path)
+    stale = path.with_name(path.name + ".data")
+    if external:
+        card = _save_with_external_data(onnx_model, dict(card), path)
+        del onnx_model
+        onnx.checker.check_model(str(path))  # by path: the checker reads a model past 2 GiB only so
+    else:
+        _set_card(onnx_model, card)
+        onnx.checker.check_model(onnx_model)
+        _save_atomic(onnx_model, path)
+        stale.unlink(missing_ok=True)  # an older export's weights must not count in the node's sha256
+    log.info("exported %s%s", path.name, f" + {stale.name} (external data)" if external else "")
     params = sum(p.numel() for p in model.parameters())
     diff, agree = float("nan"), float("nan")
     shape: tuple[int, ...] = ()
@@ -253,6 +308,6 @@ def export_onnx(net: nn.Module, card: Mapping[str, Any], path: str | os.PathLike
         if not (diff <= atol and agree >= min_argmax_agreement):
             raise ValueError(f"ONNX and torch must agree (max abs diff <= {atol}, argmax agreement >= "
                              f"{min_argmax_agreement}), got {diff:.3g} and {agree:.6f} for {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digests(path)[0]
     return ExportReport(path=path, opset=opset, parameters=int(params), check_shape=shape, max_abs_diff=diff,
                         argmax_agreement=agree, sha256=digest)

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pacsnode.errors import ModelError
+from pacsnode.inference.external_data import ExternalData, parse_external_data
 
 __all__ = [
     "SCHEMA",
@@ -40,7 +41,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 _REQUIRED = ("schema", "name", "version", "inputs", "target_spacing", "patch_size", "normalization", "labels")
 _OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "aggregation",
-             "activation", "postprocessing", "provenance", "validated_precisions")
+             "activation", "postprocessing", "provenance", "validated_precisions", "external_data")
 AGGREGATIONS = ("float32", "float16")
 
 
@@ -302,6 +303,7 @@ class ModelCard:
     postprocessing: Postprocessing = Postprocessing()
     provenance: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     validated_precisions: tuple[ValidatedPrecision, ...] = ()
+    external_data: tuple[ExternalData, ...] = ()  # weights beside the file (pacsnode.inference.external_data)
     schema: str = SCHEMA
 
     # ---- derived -----------------------------------------------------------------
@@ -449,6 +451,7 @@ class ModelCard:
             postprocessing=Postprocessing(tuple(tuple(s) if isinstance(s, list) else s for s in lcc)),
             provenance=MappingProxyType(json.loads(json.dumps(provenance))),
             validated_precisions=precisions,
+            external_data=parse_external_data(d.get("external_data", [])),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -472,6 +475,7 @@ class ModelCard:
             "provenance": json.loads(json.dumps(dict(self.provenance))),
             **({"validated_precisions": [v.to_dict() for v in self.validated_precisions]}
                if self.validated_precisions else {}),
+            **({"external_data": [e.to_dict() for e in self.external_data]} if self.external_data else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

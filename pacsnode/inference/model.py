@@ -13,7 +13,6 @@ backend here runs and passes the check: bf16, then fp32 (:func:`auto_precisions`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pacsnode.inference.backends import (
     openvino_status,
 )
 from pacsnode.inference.card import METADATA_KEY, ModelCard
+from pacsnode.inference.external_data import external_data_files, file_digests, verify_external_data
 from pacsnode.inference.selfcheck import Parity, compare, fixed_window
 
 __all__ = ["Model", "auto_precisions", "BUILTIN_DIR", "resolve_model_path", "file_sha256", "external_data_files", "INPUT_NAME",
@@ -64,20 +64,9 @@ def resolve_model_path(path: str | Path) -> Path:
     return file
 
 
-def external_data_files(file: Path) -> list[Path]:
-    """The external-data files beside an ONNX file, by the exporter's convention ``NAME.onnx.data``."""
-    data = file.with_name(file.name + ".data")
-    return [data] if data.is_file() else []
-
-
 def file_sha256(file: Path) -> str:
     """sha256 of the model file, then of its external data (read in 1 MiB blocks, never whole)."""
-    h = hashlib.sha256()
-    for part in (file, *external_data_files(file)):
-        with part.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return file_digests(file)[0]
 
 
 def _dims(shape: list[Any]) -> list[int | None]:
@@ -123,7 +112,7 @@ class Model:
         if backend not in BACKENDS:
             raise ModelError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         file = resolve_model_path(path)
-        digest = file_sha256(file)
+        digest, parts = file_digests(file)
         reference = open_onnxruntime(file, file.name, threads, "int8" if precision == "int8" else "fp32")
         meta = reference.metadata()
         if METADATA_KEY not in meta:
@@ -134,6 +123,7 @@ class Model:
             card = ModelCard.from_json(meta[METADATA_KEY])
         except ModelError as exc:
             raise ModelError(f"{file.name}: {exc}") from None
+        verify_external_data(file, card.external_data, parts)
         _check_io(reference.session, card, file.name)
         if precision == "auto":
             wanted = auto_precisions(card)
