@@ -146,6 +146,10 @@ def test_evaluate_exported_model_through_node_inference(tmp_path: Path) -> None:
         assert case["Lesion"]["reference_voxels"] == 512
     assert res["summary"]["Lesion"]["dice"]["mean"] == 0.875
     assert "one empty" in res["settings"]["empty_mask_convention"]
+    # lesion-wise: one 4.1 ml lesion a case, found in both (a 1-voxel overlap suffices), none invented
+    assert res["lesions"]["summary"] == {"all": {"tp": 2, "fp": 0, "fn": 0, "f1": 1.0},
+                                         "small": {"tp": 0, "fp": 0, "fn": 0, "f1": None}}
+    assert res["lesions"]["cases"]["case_001"]["reference_ml"] == [4.096]
     # the same model and case, as a picture
     png = tmp_path / "case.png"
     rc = distill_main(["show-case", str(tmp_path / "tiny.onnx"), "--dataset", str(root), "--case", "case_001",

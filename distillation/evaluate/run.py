@@ -1,5 +1,6 @@
 """Evaluate a deployed model: run the exported ONNX through the node's inference on an nnU-Net
-dataset split and score it per label and per region (the numbers are the deployed model's)."""
+dataset split and score it per label and per region (the numbers are the deployed model's), and, for
+a model that segments lesions, lesion-wise detection (:mod:`distillation.evaluate.lesions`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillation.evaluate.dataset import EvalCase, iter_cases
+from distillation.evaluate.lesions import (
+    SMALL_LESION_ML,
+    lesion_detection,
+    lesion_summary,
+    lesion_values,
+)
 from distillation.evaluate.metrics import aggregate, brats_regions_for, case_metrics
 
 if TYPE_CHECKING:
     from pacsnode.inference import Model
 
-__all__ = ["Evaluation", "evaluate_model", "evaluate_predictions", "predict_cases"]
+__all__ = ["Evaluation", "evaluate_model", "evaluate_predictions", "evaluate_lesions", "predict_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +42,12 @@ class Evaluation:
     summary: dict[str, dict[str, Any]]
     seconds_per_case: float
     settings: dict[str, Any] = field(default_factory=dict)
+    lesions: dict[str, Any] = field(default_factory=dict)  # lesion_summary(); {} for a model without lesions
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "split": self.split, "settings": self.settings,
-                "summary": self.summary, "seconds_per_case": self.seconds_per_case, "cases": self.cases}
+                "summary": self.summary, "seconds_per_case": self.seconds_per_case, "cases": self.cases,
+                "lesions": self.lesions}
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -64,6 +73,18 @@ def evaluate_predictions(predictions: Mapping[str, np.ndarray], references: Mapp
                                     nsd_tolerance_mm) for ident in predictions}
     cases = {ident: {k: v.to_dict() for k, v in m.items()} for ident, m in per_case.items()}
     return cases, aggregate(list(per_case.values()))
+
+
+def evaluate_lesions(predictions: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray],
+                     spacings: Mapping[str, Sequence[float]], values: Sequence[int],
+                     small_ml: float = SMALL_LESION_ML) -> dict[str, Any]:
+    """Lesion-wise detection of label maps in memory (lesion = the label ``values``), as
+    :func:`~distillation.evaluate.lesions.lesion_summary` writes it; ``{}`` without lesion labels."""
+    if not values:
+        return {}
+    cases = {ident: lesion_detection(np.isin(predictions[ident], values), np.isin(references[ident], values),
+                                     spacings[ident], small_ml) for ident in predictions}
+    return lesion_summary(cases, values, small_ml)
 
 
 def predict_cases(model: Model, dataset: str | os.PathLike, split: str = "Ts", *, limit: int | None = None,
@@ -116,9 +137,10 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str | os.PathLike, sp
             np.savez_compressed(out / f"{case.identifier}.npz", labels=pred)
     seconds = (time.perf_counter() - start) / len(preds)
     per_case, summary = evaluate_predictions(preds, refs, spacings, labels, regions, nsd_tolerance_mm)
+    lesions = evaluate_lesions(preds, refs, spacings, lesion_values(labels, regions))
     log.info("evaluated %s on %d cases of %s (%.1f s/case)", Path(model_path).name, len(preds), dataset, seconds)
     return Evaluation(model=str(model_path), dataset=str(dataset), split=split, cases=per_case, summary=summary,
-                      seconds_per_case=seconds,
+                      seconds_per_case=seconds, lesions=lesions,
                       settings={"nsd_tolerance_mm": nsd_tolerance_mm, "threads": threads,
                                 "regions": {k: list(v) for k, v in regions.items()},
                                 "empty_mask_convention": "both empty: Dice 1, HD95 0, NSD 1; one empty: Dice 0, "

@@ -33,8 +33,11 @@ held-out figures are those of the model as the node would run it.
 A row (``result.json``) holds what was measured: role, width, KD recipe, seed, parameters,
 GFLOPs per window, Dice / HD95 mean per region on the held-out cases (through the node's
 inference), the mean Dice over regions, CPU latency per window and per case, the last validation
-Dice and the training time. Students all distil from the one teacher; their seeds vary the
-student's initialisation and patch sampling, the teacher is trained once (first seed).
+Dice and the training time; and, per held-out case, Dice and HD95 per region (``case_dice``,
+``case_hd95``) and lesion detection counts (``case_lesions``, with the pooled ``lesion_f1`` and
+``small_lesion_f1``), so that the study's analysis (:mod:`distillation.study.analysis`) can resample
+seeds and cases from the results file alone. Students all distil from the one teacher; their seeds
+vary the student's initialisation and patch sampling, the teacher is trained once (first seed).
 """
 
 from __future__ import annotations
@@ -272,9 +275,23 @@ def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, A
            "largest_component": post["largest_component"], "val_case_dice": validation_case_dice(post),
            "case_dice": {case: {s: m[s].get("dice") for s in structures if s in m}
                          for case, m in sorted(evaluation["cases"].items())},
+           "case_hd95": {case: {s: m[s].get("hd95") for s in structures if s in m}
+                         for case, m in sorted(evaluation["cases"].items())},
+           **_lesion_fields(evaluation),
            **_training_summary(run_dir), "model": str(onnx_path), "environment": environment()}
     _atomic_json(run_dir / RESULT, row)
     return row
+
+
+def _lesion_fields(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Lesion-wise detection of a row (pooled F1 over all and over small lesions, the per-case counts,
+    the rule); nothing for a model without lesion labels or an evaluation written before it was measured."""
+    lesions = evaluation.get("lesions") or {}
+    if not lesions:
+        return {}
+    return {"lesion_f1": lesions["summary"]["all"]["f1"], "small_lesion_f1": lesions["summary"]["small"]["f1"],
+            "lesion_settings": lesions["settings"],
+            "case_lesions": {case: {k: d[k] for k in ("all", "small")} for case, d in lesions["cases"].items()}}
 
 
 def collect_rows(work: Path) -> list[dict[str, Any]]:
