@@ -4,6 +4,12 @@ Both run under ``torchrun --nproc-per-node N -m distillation.cli ...`` as DDP (N
 gloo on CPU); only rank 0 writes files. A folder holding a run is never trained over silently:
 ``--resume`` continues from ``OUT/checkpoint_latest.pt``, ``--force`` starts again. Ctrl-C saves
 a checkpoint and prints the command that resumes it (exit 130).
+
+``distill distill --unlabelled DIR [--labelled-cases N]`` distils from scans without labels (the
+on-premises case, docs/label-free.md): the teacher's soft targets on DIR's images, plus the
+supervised loss on the first N training cases of ``--dataset`` (then optional: without it, no
+label is read at all). ``--labelled-cases N`` without ``--unlabelled`` is the supervised control on
+the same budget: those N cases only.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from pacsnode.errors import ConfigError
 __all__ = ["register", "resume_command"]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, dataset_help: str = "nnU-Net raw dataset folder (dataset.json)",
+            dataset_required: bool = True) -> None:
     p.add_argument("--config", required=True, metavar="PRESET",
                    help="a bundled preset name (listed below) or a preset .toml file")
-    p.add_argument("--dataset", required=True, type=Path, help="nnU-Net raw dataset folder (dataset.json)")
+    p.add_argument("--dataset", required=dataset_required, type=Path, help=dataset_help)
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (checkpoints, metrics, plot); one holding a run needs --resume or "
                         "--force")
@@ -57,11 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "(or --kd's) KD terms; the student reuses the teacher's plan. Ctrl-C saves a "
                            "checkpoint and prints how to resume.", 88),
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(d)
+    _common(d, "nnU-Net raw dataset folder (dataset.json); optional with --unlabelled, where it gives the "
+               "validation cases and the --labelled-cases", dataset_required=False)
     d.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (.pt)")
     d.add_argument("--width", type=float, default=0.25, help="student width factor (default 0.25)")
     d.add_argument("--kd", default=None, metavar="TERMS",
                    help="comma-separated KD terms from logit, sard, ca (default: the preset's [kd])")
+    d.add_argument("--unlabelled", type=Path, default=None, metavar="DIR",
+                   help="also train on these images without labels, through the teacher's soft targets only "
+                        "(DIR/imagesTr/CASE_0000.nii.gz, or DIR/CASE_0000.nii.gz; labels beside them are never "
+                        "read; --dataset's own validation and labelled cases are left out); needs a KD term")
+    d.add_argument("--labelled-cases", type=int, default=None, metavar="N",
+                   help="label budget: only the first N training cases of --dataset keep their labels "
+                        "(default: all; 0 with --unlabelled: no label at all); without --unlabelled, the "
+                        "supervised control that trains on those N cases alone")
     d.set_defaults(func=_distill)
 
 
@@ -77,7 +93,7 @@ def _preset(args: argparse.Namespace):
         if args.num_workers < 0:
             raise ConfigError(f"--num-workers must be zero or more, got {args.num_workers}")
         preset = replace(preset, data=replace(preset.data, num_workers=args.num_workers))
-    if not (args.dataset / "dataset.json").is_file():
+    if args.dataset is not None and not (args.dataset / "dataset.json").is_file():
         raise ConfigError(f"--dataset must be an nnU-Net raw dataset folder with dataset.json, "
                           f"got {str(args.dataset)!r}")
     return preset
@@ -134,12 +150,19 @@ def _train_teacher(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from distillation.config import with_kd_terms
-    from distillation.train import distill
+    from distillation.train import LabelBudget, distill
 
     if not args.width > 0 or args.width > 1:
         raise ConfigError(f"--width must be a number in (0, 1], got {args.width}")
     if not args.teacher.is_file():
         raise ConfigError(f"--teacher must be a checkpoint file, got {str(args.teacher)!r}")
     preset = with_kd_terms(_preset(args), args.kd)
+    budget = None
+    if args.unlabelled is not None or args.labelled_cases is not None:
+        budget = LabelBudget(args.unlabelled, args.labelled_cases)
+        budget.check(args.dataset, preset.kd.needs_teacher)
+    elif args.dataset is None:
+        raise ConfigError("--dataset is required unless --unlabelled gives the training images, got neither")
     return _train(args, f"student (width {args.width:g})",
-                  lambda: distill(preset, args.teacher, args.width, args.dataset, args.out, resume=args.resume))
+                  lambda: distill(preset, args.teacher, args.width, args.dataset, args.out, resume=args.resume,
+                                  budget=budget))

@@ -12,6 +12,7 @@ from distillation.data.preprocess import (
 from distillation.data.raw import RawCase, RawDataset, load_case, read_dataset
 from distillation.data.sampler import forced_foreground, sample_patch
 from distillation.data.toy import write_toy_dataset
+from distillation.data.unlabelled import find_unlabelled, preprocess_unlabelled
 
 __all__ = [
     "AugmentConfig",
@@ -22,6 +23,7 @@ __all__ = [
     "RawDataset",
     "build_augmentation",
     "ct_normalization",
+    "find_unlabelled",
     "forced_foreground",
     "load_case",
     "load_preprocessed",
@@ -29,6 +31,7 @@ __all__ = [
     "make_plan",
     "node_preprocess",
     "preprocess_dataset",
+    "preprocess_unlabelled",
     "read_dataset",
     "sample_patch",
     "validation_patches",

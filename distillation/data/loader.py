@@ -3,6 +3,12 @@
 Each iterator (one per epoch) yields ``batches_per_epoch`` batches split over the workers.
 Randomness is seeded from (seed, rank, epoch, worker), so DDP ranks draw different patches
 (what a ``DistributedSampler`` gives a map-style dataset) and a resumed run is reproducible.
+
+Cases without a label (``labelled = False``, label-free distillation) give a label patch of
+:data:`~distillation.losses.objective.UNLABELLED` everywhere. When labelled and unlabelled cases
+are mixed, every batch of ``B >= 2`` takes its last ``B // 2`` samples from the labelled cases
+(the positions nnU-Net's foreground oversampling forces, so the labelled ones keep it) and the
+others from the unlabelled; with ``B = 1`` the batches alternate, unlabelled first.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from distillation.data.augment import AugmentConfig, build_augmentation
 from distillation.data.preprocess import PreprocessedCase
 from distillation.data.sampler import forced_foreground, sample_patch
+from distillation.losses.objective import UNLABELLED
 
 __all__ = ["PatchBatches", "make_loader", "validation_patches"]
 
@@ -30,6 +37,9 @@ class PatchBatches(IterableDataset):
         if not cases:
             raise ValueError("training needs at least one case, got none")
         self.cases = list(cases)
+        labelled = [c for c in self.cases if c.labelled]
+        unlabelled = [c for c in self.cases if not c.labelled]
+        self._pools = (unlabelled, labelled) if labelled and unlabelled else (self.cases, self.cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = int(batch_size)
         self.batches_per_epoch = int(batches_per_epoch)
@@ -43,6 +53,12 @@ class PatchBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _pool(self, batch: int, index: int) -> list[PreprocessedCase]:
+        """The cases sample ``index`` of batch number ``batch`` is drawn from (see the module doc)."""
+        b = self.batch_size
+        takes_labelled = index >= b - b // 2 if b >= 2 else batch % 2 == 1
+        return self._pools[int(takes_labelled)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
@@ -51,16 +67,18 @@ class PatchBatches(IterableDataset):
         rng = np.random.default_rng(seed_seq)
         transform = copy.deepcopy(self._transform)
         transform.set_random_state(seed=int(seed_seq.generate_state(1)[0]))
-        for _ in range(n):
+        for i in range(n):
             imgs, segs = [], []
             for b in range(self.batch_size):
-                case = self.cases[int(rng.integers(len(self.cases)))]
+                pool = self._pool(wid + i * nw, b)
+                case = pool[int(rng.integers(len(pool)))]
                 img, seg = sample_patch(case, self.patch_size,
                                         forced_foreground(b, self.batch_size, self.oversample), rng)
                 out = transform({"image": torch.from_numpy(img),
                                  "label": torch.from_numpy(seg[None].astype(np.float32))})
                 imgs.append(torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32))
-                segs.append(torch.as_tensor(np.asarray(out["label"])).round().long())
+                seg_t = torch.as_tensor(np.asarray(out["label"])).round().long()
+                segs.append(seg_t if case.labelled else torch.full_like(seg_t, UNLABELLED))
             yield torch.stack(imgs), torch.stack(segs)
 
 

@@ -4,12 +4,15 @@ Training must see exactly what deployment sees, so each case goes through
 ``pacsnode.inference.preprocessing.preprocess`` (crop to nonzero, normalize, resample to the
 plan's target spacing). Each cached case holds ``data`` (C, z, y, x) float32, ``seg``
 (z, y, x) int8 and ``locs_<k>``: up to 10 000 voxel coordinates of each foreground class,
-which the foreground-oversampling sampler draws from (nnU-Net's ``class_locations``).
+which the foreground-oversampling sampler draws from (nnU-Net's ``class_locations``). A case
+without a label (:mod:`distillation.data.unlabelled`) stores ``labelled = False``, an all-zero
+``seg`` and no locations.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ class PreprocessedCase:
     data: np.ndarray  # (C, z, y, x) float32
     seg: np.ndarray  # (z, y, x) int8
     class_locations: dict[int, np.ndarray]  # class → (n, 3) int coordinates
+    labelled: bool = True  # False: images only, ``seg`` is a placeholder never trained on
 
 
 def node_preprocess(images: np.ndarray, spacing: tuple[float, float, float], plan: DataPlan,
@@ -86,8 +90,10 @@ def _plan_for(ds: RawDataset, patch_size: tuple[int, int, int]) -> DataPlan:
 
 
 def preprocess_dataset(raw_dir: str | Path, cache_dir: str | Path,
-                       patch_size: tuple[int, int, int], plan: DataPlan | None = None) -> DataPlan:
-    """Plan (unless given) and preprocess every case of ``raw_dir`` into ``cache_dir``.
+                       patch_size: tuple[int, int, int], plan: DataPlan | None = None,
+                       identifiers: Collection[str] | None = None) -> DataPlan:
+    """Plan (unless given) and preprocess every case of ``raw_dir`` (or only the ``identifiers``,
+    whose label files alone are then read) into ``cache_dir``.
 
     Idempotent: cases already cached under the same plan are kept; a changed plan rebuilds.
     """
@@ -102,6 +108,8 @@ def preprocess_dataset(raw_dir: str | Path, cache_dir: str | Path,
     plan.save(plan_path)
     rng = np.random.default_rng(0)
     for case in ds.cases:
+        if identifiers is not None and case.identifier not in identifiers:
+            continue
         target = cache / f"{case.identifier}.npz"
         if target.exists():
             continue
@@ -129,5 +137,6 @@ def load_preprocessed(cache_dir: str | Path, identifiers: list[str] | None = Non
     for p in paths:
         with np.load(p) as z:
             locs = {int(k[5:]): z[k] for k in z.files if k.startswith("locs_")}
-            out.append(PreprocessedCase(p.name[:-4], z["data"], z["seg"], locs))
+            labelled = bool(z["labelled"]) if "labelled" in z.files else True
+            out.append(PreprocessedCase(p.name[:-4], z["data"], z["seg"], locs, labelled))
     return out

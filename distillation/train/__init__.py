@@ -1,5 +1,6 @@
 """The training loop (teachers and students), its schedule, DDP and the two recipes."""
 
+from distillation.train.budget import LabelBudget, prepare_budget_data
 from distillation.train.distributed import DistContext, init_distributed, shutdown_distributed
 from distillation.train.loop import (
     FINAL,
@@ -20,6 +21,7 @@ __all__ = [
     "FINAL",
     "LATEST",
     "DistContext",
+    "LabelBudget",
     "MetricsLog",
     "ModelPair",
     "RunSpec",
@@ -34,6 +36,7 @@ __all__ = [
     "freeze",
     "init_distributed",
     "poly_lr",
+    "prepare_budget_data",
     "prepare_data",
     "read_resume_state",
     "run_state",

@@ -3,7 +3,8 @@
 * :func:`train_teacher`: dataset → plan + cache → nnU-Net default architecture (preset
   overrides) → Dice+CE with deep supervision → ``out/checkpoint_final.pt``.
 * :func:`distill`: teacher checkpoint + width factor + KD recipe → student with KD heads
-  (optimized together) → ``out/checkpoint_final.pt`` (student weights; heads kept apart).
+  (optimized together) → ``out/checkpoint_final.pt`` (student weights; heads kept apart); with a
+  :class:`~distillation.train.budget.LabelBudget`, on unlabelled images and / or N labelled cases.
 
 The student reuses the teacher's plan (spacing, normalization, patch), so both run through
 the node's inference unchanged.
@@ -27,10 +28,12 @@ from distillation.data.preprocess import load_preprocessed, preprocess_dataset
 from distillation.losses.kd import KDConfig, KDHeads
 from distillation.losses.objective import Objective
 from distillation.networks import build_network, count_parameters, default_plans_arch
+from distillation.train.budget import LabelBudget, prepare_budget_data, split_cases
 from distillation.train.distributed import DistContext, init_distributed, shutdown_distributed
 from distillation.train.loop import RunSpec, fit, read_resume_state
 from distillation.train.models import ModelPair, StudentWithHeads
 from distillation.train.schedule import build_optimizer
+from pacsnode.errors import ConfigError
 
 __all__ = ["teacher_architecture", "prepare_data", "train_teacher", "distill"]
 
@@ -60,13 +63,6 @@ def teacher_architecture(net: NetworkConfig, plan: DataPlan) -> tuple[str, dict[
     return net.arch, kw
 
 
-def _split(identifiers: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    if len(identifiers) < 2 or val_fraction <= 0:
-        return identifiers, []
-    n_val = max(1, round(len(identifiers) * val_fraction))
-    return identifiers[:-n_val], identifiers[-n_val:]
-
-
 def prepare_data(preset: Preset, dataset: Path, out_dir: Path, ctx: DistContext,
                  plan: DataPlan | None = None) -> tuple[DataPlan, PatchBatches, list, dict[str, list[str]]]:
     """Preprocess (rank 0; the others wait), split, and build the patch stream and validation set."""
@@ -76,7 +72,7 @@ def prepare_data(preset: Preset, dataset: Path, out_dir: Path, ctx: DistContext,
     ctx.barrier()
     plan = DataPlan.load(cache / "plan.json")
     ids = sorted(p.name[:-4] for p in cache.glob("*.npz") if not p.name.endswith(".tmp.npz"))
-    train_ids, val_ids = _split(ids, preset.data.val_fraction)
+    train_ids, val_ids = split_cases(ids, preset.data.val_fraction)
     d = preset.data
     stream = PatchBatches(load_preprocessed(cache, train_ids), plan.patch_size, d.batch_size,
                           d.batches_per_epoch, preset.augment, d.oversample_foreground,
@@ -136,9 +132,15 @@ def train_teacher(preset: Preset, dataset: str | Path, out_dir: str | Path, resu
             shutdown_distributed(ctx)
 
 
-def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float, dataset: str | Path,
-            out_dir: str | Path, resume: bool = False, ctx: DistContext | None = None) -> dict[str, Any]:
-    """Distil a width-``width_factor`` student from a teacher checkpoint with ``preset.kd``."""
+def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float, dataset: str | Path | None,
+            out_dir: str | Path, resume: bool = False, ctx: DistContext | None = None,
+            budget: LabelBudget | None = None) -> dict[str, Any]:
+    """Distil a width-``width_factor`` student from a teacher checkpoint with ``preset.kd``; with a
+    ``budget``, on its unlabelled images and its labelled cases only (``dataset`` may then be None)."""
+    if budget is not None:
+        budget.check(None if dataset is None else Path(dataset), preset.kd.needs_teacher)
+    elif dataset is None:
+        raise ConfigError("distill needs a dataset or a label budget with unlabelled images, got neither")
     own_ctx = ctx is None
     ctx = ctx or init_distributed()
     try:
@@ -150,7 +152,12 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
         if plan is not None and tuple(plan.patch_size) != tuple(preset.data.patch_size):
             log.warning("the student uses the teacher's plan: patch %s, not the preset's %s",
                         list(plan.patch_size), list(preset.data.patch_size))
-        plan, stream, val, split = prepare_data(preset, Path(dataset), out, ctx, plan)
+        source = Path(dataset) if dataset is not None else Path(budget.unlabelled)  # type: ignore[union-attr, arg-type]
+        if budget is None:
+            plan, stream, val, split = prepare_data(preset, source, out, ctx, plan)
+        else:
+            plan, stream, val, split = prepare_budget_data(preset, budget, None if dataset is None else source,
+                                                           out, ctx, plan)
         torch.manual_seed(preset.train.seed)
         student = build_network(ck.network_class_name, ck.arch_kwargs, ck.input_channels, ck.num_classes,
                                 width_factor=width_factor, min_features=ck.min_features,
@@ -160,9 +167,11 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
             heads = KDHeads(student.features_per_stage, teacher.features_per_stage)
         provenance = {"teacher": str(teacher_checkpoint), "width_factor": width_factor,
                       "kd_method": preset.kd.recipe, "parameters": count_parameters(student)}
+        if budget is not None:
+            provenance.update(labelled_cases=len(split["train"]), unlabelled_cases=len(split["unlabelled"]))
         spec = RunSpec(ck.network_class_name, ck.arch_kwargs, ck.input_channels, ck.num_classes,
                        width_factor, ck.min_features,
-                       card=_card(plan, f"{preset.name}-student-w{width_factor:g}", Path(dataset), provenance),
+                       card=_card(plan, f"{preset.name}-student-w{width_factor:g}", source, provenance),
                        extra={"plan": plan.to_json(), "split": split, "role": "student",
                               "kd": preset.kd.recipe, "parameters": count_parameters(student)})
         _write_run_info(out, ctx, spec)
