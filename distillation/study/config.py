@@ -161,9 +161,10 @@ def _parse_run(text: str, i: int, seeds: tuple[int, ...]) -> tuple[float, str, t
         w, run_seeds, labels = -1.0, (), None
     if (not 0 < w <= 1 or kd not in KD_RECIPES or not run_seeds or len(set(run_seeds)) != len(run_seeds)
             or (labels is not None and (labels < 0 or (labels == 0 and kd == "none")))):
-        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE[:LABELS][@SEED,SEED,...]' with WIDTH in (0, 1], "
-                          f"RECIPE from {', '.join(KD_RECIPES)}, LABELS a label budget of zero or more cases "
-                          f"(at least 1 with none) and distinct integer seeds, got {text!r}")
+        raise ConfigError(f"students.runs[{i}] must be 'WIDTH:RECIPE' or 'WIDTH:RECIPE:LABELS', either with "
+                          f"'@SEED,SEED,...', with WIDTH in (0, 1], RECIPE from {', '.join(KD_RECIPES)}, LABELS a "
+                          f"label budget of zero or more cases (at least 1 with none) and distinct integer seeds, "
+                          f"got {text!r}")
     return w, kd, run_seeds, labels
 
 

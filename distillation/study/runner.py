@@ -380,11 +380,14 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
 
 
 def _train_student(config: StudyConfig, key: RunKey, out: Path, teacher: Path, dataset: Path) -> float:
-    from distillation.train import distill
+    from distillation.train import LabelBudget, distill
 
     out.mkdir(parents=True, exist_ok=True)
+    # a label budget: the first key.labels training cases labelled; KD learns from the rest as unlabelled
+    budget = None if key.labels is None else LabelBudget(dataset if key.kd != "none" else None, key.labels)
     return _train(f"student {key.name}", out, lambda resume: distill(
-        make_preset(config, "student", key.seed, key.kd), teacher, key.width, dataset, out, resume=resume))
+        make_preset(config, "student", key.seed, key.kd), teacher, key.width, dataset, out, resume=resume,
+        budget=budget))
 
 
 def _teacher_plan(work: Path) -> Path:
@@ -488,4 +491,5 @@ def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str],
 
 
 def _student_row(key: RunKey) -> dict[str, Any]:
-    return {"run": key.name, "role": "student", "width": key.width, "kd": key.kd, "seed": key.seed}
+    row = {"run": key.name, "role": "student", "width": key.width, "kd": key.kd, "seed": key.seed}
+    return row if key.labels is None else {**row, "label_budget": key.labels}
