@@ -161,3 +161,129 @@ def test_sliding_window_pads_small_volumes_and_recovers_the_identity():
     assert calls == [(1, 1, 8, 8, 8)] * (1 * 3 * 2)  # padded to (8, 13, 9): steps [0], [0, 2, 5], [0, 1]
     mirrored = predict_sliding_window(data, identity, 2, (8, 8, 8), mirror_axes=(0, 1, 2))
     np.testing.assert_allclose(mirrored, out, atol=1e-5)
+
+
+# ------------------------------------------------------------- the fast paths against a plain reference
+def _head(seed, shape=(22, 26, 24), channels=2, holes=True):
+    """Seeded channels of a noisy blob, zero outside, with enclosed cavities (holes), a cavity open to
+    the border and a cavity that reaches the outside only diagonally (a hole for 6-connectivity)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.ogrid[tuple(slice(0, s) for s in shape)]
+    c = [s / 2 + rng.uniform(-2, 2) for s in shape]
+    blob = ((zz - c[0]) / 8) ** 2 + ((yy - c[1]) / 10) ** 2 + ((xx - c[2]) / 9) ** 2 < 1
+    blob[:, :3, 10:13] = True  # the blob reaches the border (the box's face is the grid's)
+    out = np.zeros((channels, *shape), np.float32)
+    for k in range(channels):
+        out[k][blob] = rng.normal(300 + 40 * k, 50, int(blob.sum())).round()
+        out[k][blob & (rng.random(shape) < 0.02)] = 0  # scattered zero voxels inside: holes
+    if holes:
+        out[:, 9:12, 11:14, 10:13] = 0   # an enclosed cavity
+        out[:, 10, 0:4, 11] = 0          # a tunnel from the border: outside, not a hole
+        out[:, 6, 12, 12] = 0            # a single-voxel hole
+    return out
+
+
+def _plain_mask(images):
+    return ndimage.binary_fill_holes((np.asarray(images) != 0).any(0))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nonzero_mask_equals_scipys_fill_holes_on_the_whole_grid(seed):
+    from pacsnode.inference.preprocessing import create_nonzero_mask
+
+    images = _head(seed)
+    np.testing.assert_array_equal(create_nonzero_mask(images), _plain_mask(images))
+    np.testing.assert_array_equal(create_nonzero_mask(list(images)), _plain_mask(images))
+    diag = np.zeros((1, 7, 7, 7), np.float32)
+    diag[0, 1:6, 1:6, 1:6] = 1
+    diag[0, 3, 3, 3] = 0                  # a hole...
+    diag[0, 2, 2, 2] = 0                  # ...reaching the outside only through corners: still a hole
+    np.testing.assert_array_equal(create_nonzero_mask(diag), _plain_mask(diag))
+    for edge in (np.zeros((1, 4, 5, 6), np.float32), np.ones((1, 4, 5, 6), np.float32)):
+        np.testing.assert_array_equal(create_nonzero_mask(edge), _plain_mask(edge))
+
+
+def _reference_preprocess(images, spacing, plan, seg=None):
+    """The steps one after the other on the stacked channels: scipy's fill on the whole grid, the crop,
+    the serial normalisation, the resampling of all channels (the node's preprocessing before threads)."""
+    from pacsnode.inference.preprocessing import normalize
+
+    mask = _plain_mask(images)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)) if plan.crop_to_nonzero and \
+        mask.any() else tuple(slice(0, s) for s in mask.shape)
+    data = images[(slice(None), *box)]
+    seg_c = np.where(mask[box], np.int8(0), np.int8(-1))[None]
+    if seg is not None:
+        seg_c = seg[(slice(None), *box)].copy()
+        seg_c[(seg_c == 0) & ~mask[box][None]] = -1
+    normed = normalize(data, seg_c, plan.normalization)
+    new_shape = tuple(max(1, n) for n in compute_new_shape(data.shape[1:], spacing, plan.target_spacing))
+    out = resample_data_or_seg_to_shape(normed, new_shape, spacing, plan.target_spacing, order=plan.order_data,
+                                        order_z=plan.order_z)
+    seg_out = None if seg is None else resample_data_or_seg_to_shape(
+        seg_c, new_shape, spacing, plan.target_spacing, is_seg=True, order=plan.order_seg, order_z=plan.order_z)
+    return out, seg_out, tuple((s.start, s.stop) for s in box)
+
+
+CT = Normalization("ct", clip=(-100.0, 400.0), mean=50.0, std=80.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("norms,target,crop", [
+    ((ZSCORE_MASK, ZSCORE_MASK), (2.0, 2.0, 2.0), True),     # the shipped student's case: 1 mm -> 2 mm
+    ((ZSCORE_MASK, ZSCORE), (1.0, 1.0, 1.0), True),           # same grid: no resampling
+    ((CT, NONE), (1.5, 1.5, 1.5), True),                       # no mask read: holes not filled
+    ((ZSCORE_MASK, CT), (4.0, 1.0, 1.0), False),               # anisotropic, no crop
+])
+def test_preprocess_equals_the_serial_reference_exactly(seed, norms, target, crop):
+    images = _head(seed)
+    plan = PreprocessingPlan(target, norms, crop_to_nonzero=crop)
+    spacing = (1.0, 1.0, 1.0)
+    ref, _, ref_box = _reference_preprocess(images, spacing, plan)
+    for given in (images, list(images)):  # stacked or one array per channel (no stacking copy)
+        got = preprocess(given, spacing, plan)
+        assert got.bbox == ref_box
+        np.testing.assert_array_equal(got.data, ref)
+
+
+def test_preprocess_with_a_training_seg_equals_the_reference():
+    images = _head(7)
+    seg = np.zeros((1, *images.shape[1:]), np.int8)
+    seg[0, 8:14, 10:16, 9:15] = 1
+    seg[0, 0, 0, 0] = 2  # a label outside the nonzero mask stays (the mask is seg >= 0)
+    plan = PreprocessingPlan((2.0, 2.0, 2.0), (ZSCORE_MASK, ZSCORE_MASK), crop_to_nonzero=True)
+    ref, ref_seg, _ = _reference_preprocess(images, (1.0, 1.0, 1.0), plan, seg)
+    got = preprocess(images, (1.0, 1.0, 1.0), plan, seg=seg)
+    np.testing.assert_array_equal(got.data, ref)
+    np.testing.assert_array_equal(got.seg, ref_seg)
+
+
+def test_zscore_over_the_mask_equals_the_gathered_statistics():
+    images = _head(3)
+    plan = PreprocessingPlan((1.0, 1.0, 1.0), (ZSCORE_MASK, ZSCORE_MASK), crop_to_nonzero=True)
+    got = preprocess(images, (1.0, 1.0, 1.0), plan)
+    mask = _plain_mask(images)
+    box = tuple(slice(lo, hi) for lo, hi in got.bbox)
+    for c in range(2):
+        vals = images[c][mask].astype(np.float64)  # nnU-Net: img[mask].mean(), .std()
+        expected = images[c][box].astype(np.float64)
+        expected[mask[box]] = (expected[mask[box]] - vals.mean()) / vals.std()
+        np.testing.assert_allclose(got.data[c], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_threaded_resampling_restores_the_blas_limit():
+    from threadpoolctl import threadpool_info
+
+    from pacsnode.inference.resampling import one_blas_thread
+
+    def limits():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = limits()
+    with one_blas_thread():
+        with one_blas_thread():  # nested: the inner exit keeps the limit
+            pass
+        assert all(n == 1 for n in limits())
+    assert limits() == before
+    preprocess(_head(1), (1.0, 1.0, 1.0), PreprocessingPlan((2.0, 2.0, 2.0), (ZSCORE_MASK,) * 2))
+    assert limits() == before

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import cc3d
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["keep_largest_component"]
-
-_FULL = np.ones((3, 3, 3), dtype=bool)  # full (26-) connectivity, as nnU-Net's skimage-based labelling
 
 
 def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -29,26 +27,40 @@ def keep_largest_component(labels: np.ndarray, values: Iterable[int | Sequence[i
 
     A step that is a sequence of values keeps the largest component of their union (nnU-Net's
     ``remove_all_but_largest_component_from_segmentation`` with a list of labels or a region);
-    steps run in order, each on the result of the one before.
+    steps run in order, each on the result of the one before. Components are 26-connected (full
+    connectivity, as nnU-Net's skimage-based labelling); components tied for the largest all stay
+    (acvl_utils' filter keeps every maximum).
 
-    Components are labelled inside the bounding box of the foreground only (a tumour is a few
-    percent of a brain volume: 0.24 s → a few ms for a 155×240×240 grid); the result is the same.
+    Components are labelled by cc3d (connected-components-3d) inside the bounding box of each
+    step's voxels only: on a 1 mm brain the whole step took ~0.15 s with scipy's ``ndimage.label``
+    over the foreground's box for each of three labels, ~10 ms this way; the result is the same
+    (``tests/test_inference_postprocessing.py`` checks it against scipy on the whole grid).
     """
     box = _box(labels != background)
     if box is None:
         return labels
-    whole, labels = labels, labels[box]
-    _keep_largest(labels, values, background)
-    return whole
+    _keep_largest(labels[box], values, background)
+    return labels
 
 
 def _keep_largest(labels: np.ndarray, values: Iterable[int | Sequence[int]], background: int) -> None:
     for value in values:
         mask = np.isin(labels, list(value)) if isinstance(value, Sequence) else labels == value
-        components, n = ndimage.label(mask, structure=_FULL)
+        box = _box(mask)
+        if box is None:  # the label is absent
+            continue
+        mask = mask[box]
+        components, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
         if n <= 1:
             continue
-        sizes = np.bincount(components.ravel())
+        sizes = np.bincount(components.ravel(), minlength=n + 1)
         sizes[0] = 0
-        keep = sizes == sizes.max()  # components tied for largest all stay (acvl_utils' filter keeps every max)
-        labels[mask & ~keep[components]] = background
+        largest = np.flatnonzero(sizes == sizes.max())
+        if largest.size == 1:
+            drop = components != largest[0]
+            drop &= mask
+        else:  # components tied for largest all stay
+            keep = np.zeros(n + 1, dtype=bool)
+            keep[largest] = True
+            drop = mask & ~keep[components]
+        labels[box][drop] = background

@@ -12,14 +12,16 @@ is separable too and runs as two gathers and a weighted sum per axis (:func:`lin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["linear_resize", "spline_matrix", "resample_image"]
+__all__ = ["linear_resize", "one_blas_thread", "spline_matrix", "resample_image"]
 
 _NPAD = 12  # as scipy.ndimage.zoom pads before the spline prefilter in mode "nearest"
 
@@ -85,18 +87,36 @@ def spline_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
 
 
 _BLAS: list[Any] = []
+_BLAS_LOCK = threading.Lock()
+_BLAS_HELD: list[Any] = []  # the limiter of the outermost holder, while one holds it
+_BLAS_DEPTH = [0]
 
 
-def _one_blas_thread() -> Any:
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
     """BLAS on one thread for the resampling products. OpenBLAS's worker threads spin while they
     wait; on cores shared with the inference threads (or anything else) that made the same
     4 × 155×240×240 brain resampling take 0.3 s or 5 s from one run to the next; on one thread it
-    takes ~0.1 s every time (the products are small next to the network)."""
-    if not _BLAS:
-        from threadpoolctl import ThreadpoolController
+    takes ~0.1 s every time (the products are small next to the network).
 
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=1, user_api="blas")
+    Re-entrant and shared by threads (the limit is process-wide): the first holder sets it, the
+    last to leave restores it, so channels resampled in parallel never restore it under another.
+    """
+    with _BLAS_LOCK:
+        if not _BLAS:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        if _BLAS_DEPTH[0] == 0:
+            _BLAS_HELD.append(_BLAS[0].limit(limits=1, user_api="blas"))
+        _BLAS_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_DEPTH[0] -= 1
+            if _BLAS_DEPTH[0] == 0:
+                _BLAS_HELD.pop().restore_original_limits()
 
 
 def _cubic_matrix(n_in: int, n_out: int, scale: float, offset: float) -> np.ndarray:
@@ -141,7 +161,7 @@ def _spline_resize(img: np.ndarray, shape: Sequence[int], order: int, out: np.nd
     kept = tuple(a for a in range(img.ndim) if a not in axes)
     lo = cur.min(axis=tuple(axes), keepdims=True) if kept else cur.min()
     hi = cur.max(axis=tuple(axes), keepdims=True) if kept else cur.max()
-    with _one_blas_thread():
+    with one_blas_thread():
         for axis in todo:
             cur = _along(cur, spline_matrix(int(img.shape[axis]), int(shape[axis]), order), axis)
     np.clip(cur, lo, hi, out=out)
