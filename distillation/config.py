@@ -4,6 +4,10 @@ The TOML is walked with pacsnode's config walker, so a misspelt key or a wrong t
 :class:`~pacsnode.errors.ConfigError` naming the key, e.g.
 ``optim.lr must be a positive number, got -1``. Tables: ``[data]``, ``[network]``, ``[optim]``,
 ``[train]``, ``[augment]`` and ``[kd]``; every key has a default.
+
+A bundled ``kd-NAME.toml`` holds only a ``[kd]`` table: a KD recipe (docs/kd-recipes.md), named
+NAME wherever KD terms are chosen (``distill distill --kd recokd-public``, a study's recipes).
+It replaces the training preset's whole ``[kd]`` table; every other table stays the preset's.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ __all__ = [
     "parse_preset",
     "preset_path",
     "with_kd_terms",
+    "kd_recipe_names",
+    "load_kd_recipe",
 ]
 
 
@@ -159,14 +165,37 @@ def load_preset(name_or_path: str | Path) -> Preset:
 
 
 _KD_TERMS = ("logit", "sard", "ca")
+_KD_RECIPE_PREFIX = "kd-"
+
+
+def kd_recipe_names() -> list[str]:
+    """The bundled KD recipes (``presets/kd-NAME.toml``) by NAME, sorted."""
+    folder = resources.files("distillation") / "presets"
+    return sorted(x.name[len(_KD_RECIPE_PREFIX):-5] for x in folder.iterdir()
+                  if x.name.startswith(_KD_RECIPE_PREFIX) and x.name.endswith(".toml"))
+
+
+def load_kd_recipe(name: str) -> KDConfig:
+    """The ``[kd]`` table of the bundled recipe ``kd-NAME.toml``, over :class:`KDConfig`'s defaults."""
+    path = bundled_toml(f"{_KD_RECIPE_PREFIX}{name}", prefix=_KD_RECIPE_PREFIX, what="a KD recipe",
+                        kind="KD recipe")
+    data = read_toml(path, "KD recipe")
+    extra = sorted(set(data) - {"name", "description", "kd"})
+    if extra:
+        raise ConfigError(f"KD recipe {path.name} must hold only name, description and [kd], got {', '.join(extra)}")
+    return parse_preset(data).kd
 
 
 def with_kd_terms(preset: Preset, terms: str | None) -> Preset:
-    """The preset with exactly the comma-separated KD terms switched on (None keeps the preset's)."""
+    """The preset with exactly the comma-separated KD terms switched on, or with the whole ``[kd]``
+    table of the bundled KD recipe ``terms`` names (None keeps the preset's)."""
     if terms is None:
         return preset
+    if terms.strip() in kd_recipe_names():
+        return replace(preset, kd=load_kd_recipe(terms.strip()))
     names = [t.strip() for t in terms.split(",") if t.strip()]
     bad = [t for t in names if t not in _KD_TERMS]
     if bad:
-        raise ConfigError(f"--kd must list terms from {', '.join(_KD_TERMS)}, got {', '.join(bad)}")
+        raise ConfigError(f"--kd must list terms from {', '.join(_KD_TERMS)}, got {', '.join(bad)}; "
+                          f"or name one KD recipe from {', '.join(kd_recipe_names())}")
     return replace(preset, kd=replace(preset.kd, **{t: t in names for t in _KD_TERMS}))

@@ -20,19 +20,29 @@ resolution first (what ``net.forward_with_features`` returns); labels (B, *spati
   features average-pooled to at most ``grid³`` positions (never an N×N over full resolution),
   and/or :func:`global_context_loss`: attention-pooled context vectors (softmax over positions)
   of the teacher and of the adapter-projected student.
-* :class:`KDHeads` owns the 1×1×1 adapters (student width → teacher width per stage). It must be
-  optimized with the student and is never exported.
+* :class:`KDHeads` owns the 1×1×1 adapters (student width → teacher width per stage) and, for the
+  public context form, the :class:`~distillation.losses.recokd.GlobalContextBlock` per stage. It is
+  optimized with the student (``adapters = "trained"``) or left as initialised (``"fixed"``, as the
+  public ReCo-KD code leaves it) and is never exported.
+
+The public ReCo-KD configuration differs in form, not only in weights; each difference is a
+``[kd]`` key (docs/kd-recipes.md): the attention form and temperature, raw or relative error, how
+the foreground term is averaged over a batch, the attention-map L1 term, the context form, fixed
+adapters, the bottleneck stage, and a linear warm-up of every KD weight (:meth:`KDConfig.scale_at`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillation.losses.feature_maps import attention_maps, select_stages, stage_weights
+from distillation.losses.recokd import GlobalContextBlock
 from distillation.losses.segmentation import downsample_labels
 
 __all__ = [
@@ -47,7 +57,12 @@ __all__ = [
     "global_context_loss",
     "ContextLoss",
     "stage_weights",
+    "select_stages",
 ]
+
+
+def _check(rule: Any, text: str) -> dict[str, Any]:
+    return {"check": (rule, text)}
 
 
 @dataclass(frozen=True)
@@ -69,10 +84,22 @@ class KDConfig:
     ca_grid: int = 8
     stage_decay: float = 0.5
     stages: tuple[int, ...] = field(default=())  # empty = every encoder stage
+    # --- the public ReCo-KD code's forms (docs/kd-recipes.md); the defaults are this project's ---
+    bottleneck: bool = True  # False: feature terms skip the last (lowest-resolution) encoder stage
+    warmup_fraction: float = field(default=0.0, metadata=_check(
+        lambda v: 0 <= v <= 1, "a number from 0 to 1"))  # every KD weight ramps 0 -> 1 over it; 0 = none
+    attention: Literal["linear", "softmax"] = "linear"  # the teacher attention weighting MS-SARD
+    attention_temperature: float = field(default=0.5, metadata=_check(lambda v: v > 0, "a positive number"))
+    sard_error: Literal["relative", "raw"] = "relative"  # relative: divided by the teacher's mean square
+    sard_reduction: Literal["sample", "pooled"] = "sample"  # pooled: fg mean over the batch's (case, class)
+    attention_l1: bool = False  # L1 between student and teacher attention maps (the public mask loss)
+    attention_l1_weight: float = field(default=1.0, metadata=_check(lambda v: v >= 0, "zero or a positive number"))
+    ca_form: Literal["affinity", "gc"] = "affinity"  # gc: the public global-context block + feature MSE
+    adapters: Literal["trained", "fixed"] = "trained"  # fixed: KDHeads stay as initialised
 
     @property
     def needs_features(self) -> bool:
-        return self.sard or self.ca
+        return self.sard or self.ca or self.attention_l1
 
     @property
     def needs_teacher(self) -> bool:
@@ -82,20 +109,23 @@ class KDConfig:
     @property
     def recipe(self) -> str:
         """The KD method as the model card's provenance names it, e.g. ``logit+sard+ca``."""
-        return "+".join(n for n, on in (("logit", self.logit), ("sard", self.sard), ("ca", self.ca)) if on) or "none"
+        terms = (("logit", self.logit), ("sard", self.sard), ("ca", self.ca), ("attn", self.attention_l1))
+        return "+".join(n for n, on in terms if on) or "none"
 
-
-def stage_weights(n: int, decay: float = 0.5) -> list[float]:
-    """``decay**s`` for stages 0..n-1 (highest resolution first), normalized to sum 1."""
-    w = [decay**s for s in range(n)]
-    total = sum(w)
-    return [x / total for x in w]
+    def scale_at(self, epoch: int, epochs: int) -> float:
+        """The factor on every KD weight in ``epoch`` (0-based) of ``epochs``: 1 without warm-up,
+        else ``min(epoch / (warmup_fraction · epochs), 1)`` (the public code's linear warm-up)."""
+        if self.warmup_fraction <= 0:
+            return 1.0
+        return min(epoch / (self.warmup_fraction * epochs), 1.0)
 
 
 class KDHeads(nn.Module):
-    """Trainable 1×1×1 conv adapters projecting each student stage to the teacher's width."""
+    """1×1×1 conv adapters projecting each student stage to the teacher's width, and with
+    ``context`` a :class:`GlobalContextBlock` per stage (the public context form)."""
 
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int],
+                 context: bool = False) -> None:
         super().__init__()
         if len(student_channels) != len(teacher_channels):
             raise ValueError(
@@ -108,6 +138,20 @@ class KDHeads(nn.Module):
             nn.Conv3d(cs, ct, kernel_size=1, bias=True)
             for cs, ct in zip(self.student_channels, self.teacher_channels, strict=True)
         )
+        self.context = nn.ModuleList(GlobalContextBlock(ct) for ct in self.teacher_channels) if context else None
+
+    def fix(self) -> KDHeads:
+        """Leave the heads as initialised (the public code's fixed adapters): no gradients, and an
+        adapter between equal widths is the identity, as the public code has no adapter there."""
+        with torch.no_grad():
+            for a in self.adapters:
+                if a.in_channels == a.out_channels:
+                    a.weight.zero_()
+                    a.weight[:, :, 0, 0, 0] = torch.eye(a.in_channels)
+                    a.bias.zero_()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
 
     def init_identity(self) -> None:
         """Identity adapters where widths match (used by tests; not a training default)."""
@@ -185,34 +229,30 @@ def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     return (masks * values[:, None]).flatten(2).sum(-1), masks.flatten(2).sum(-1) > 0
 
 
-def _spatial_attention(t: torch.Tensor) -> torch.Tensor:
-    a = t.abs().mean(1)  # (B, *spatial)
-    return a / a.flatten(1).mean(1).clamp_min(1e-8).view(-1, *([1] * (a.ndim - 1)))
-
-
-def _channel_attention(t: torch.Tensor) -> torch.Tensor:
-    pooled = t.abs().flatten(2).mean(-1)  # (B, C)
-    return torch.softmax(pooled, dim=1) * t.shape[1]  # mean 1 over channels
-
-
 def _sard_stage(projected: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                num_classes: int, fg_weight: float, bg_weight: float) -> torch.Tensor:
+                num_classes: int, fg_weight: float, bg_weight: float, attention: str = "linear",
+                temperature: float = 0.5, error: str = "relative", reduction: str = "sample") -> torch.Tensor:
     if projected.shape != teacher.shape:
         raise ValueError(
             "projected student features must match the teacher's shape, got "
             f"{tuple(projected.shape)} and {tuple(teacher.shape)}"
         )
     t = teacher.detach().float()
-    ch = _channel_attention(t)  # (B, C)
-    sp = _spatial_attention(t)  # (B, *s)
+    sp, ch = attention_maps(t, attention, temperature)  # (B, *s), (B, C)
     sq = (projected.float() - t) ** 2
-    scale = t.pow(2).flatten(1).mean(1).clamp_min(1e-8)  # relative error: stage scale drops out
     err = (sq * ch.view(*ch.shape, *([1] * (sq.ndim - 2)))).mean(1) * sp  # (B, *s)
-    err = err / scale.view(-1, *([1] * (err.ndim - 1)))
+    if error == "relative":  # the stage's scale drops out
+        scale = t.pow(2).flatten(1).mean(1).clamp_min(1e-8)
+        err = err / scale.view(-1, *([1] * (err.ndim - 1)))
     per_class, present = _class_means(err, labels, num_classes)  # (B, K) each
+    present = present.float()
+    if reduction == "pooled":  # the public code: one mean over every (case, class) in the batch
+        bg = (per_class[:, 0] * present[:, 0]).sum() / present[:, 0].sum().clamp_min(1.0)
+        fg = (per_class[:, 1:] * present[:, 1:]).sum() / present[:, 1:].sum().clamp_min(1.0)
+        return fg_weight * fg + bg_weight * bg
     bg = per_class[:, 0]
     if num_classes > 1:
-        fg_present = present[:, 1:].float()
+        fg_present = present[:, 1:]
         fg = (per_class[:, 1:] * fg_present).sum(1) / fg_present.sum(1).clamp_min(1.0)
     else:
         fg = torch.zeros_like(bg)
@@ -222,14 +262,15 @@ def _sard_stage(projected: torch.Tensor, teacher: torch.Tensor, labels: torch.Te
 def sard_loss(projected_student: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
               labels: torch.Tensor, num_classes: int, *, fg_weight: float = 1.0,
               bg_weight: float = 0.1, stage_decay: float = 0.5,
-              stages: Sequence[int] = ()) -> torch.Tensor:
+              stages: Sequence[int] = (), bottleneck: bool = True, attention: str = "linear",
+              temperature: float = 0.5, error: str = "relative", reduction: str = "sample") -> torch.Tensor:
     """Multi-scale, size-normalized, attention-weighted feature distillation (see module doc)."""
-    idx = list(stages) or list(range(len(teacher_features)))
+    idx = select_stages(len(teacher_features), stages, bottleneck)
     weights = stage_weights(len(idx), stage_decay)
     total = teacher_features[0].new_zeros((), dtype=torch.float32)
     for w, s in zip(weights, idx, strict=True):
-        total = total + w * _sard_stage(projected_student[s], teacher_features[s], labels,
-                                        num_classes, fg_weight, bg_weight)
+        total = total + w * _sard_stage(projected_student[s], teacher_features[s], labels, num_classes,
+                                        fg_weight, bg_weight, attention, temperature, error, reduction)
     return total
 
 
@@ -237,16 +278,17 @@ class SARDLoss(nn.Module):
     """Class twin of :func:`sard_loss` (the adapters live in :class:`KDHeads`)."""
 
     def __init__(self, num_classes: int, fg_weight: float = 1.0, bg_weight: float = 0.1,
-                 stage_decay: float = 0.5, stages: Sequence[int] = ()) -> None:
+                 stage_decay: float = 0.5, stages: Sequence[int] = (), **form: Any) -> None:
         super().__init__()
         self.num_classes, self.fg_weight, self.bg_weight = num_classes, fg_weight, bg_weight
         self.stage_decay, self.stages = stage_decay, tuple(stages)
+        self.form = form  # bottleneck, attention, temperature, error, reduction (sard_loss's keywords)
 
     def forward(self, projected_student: Sequence[torch.Tensor],
                 teacher_features: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         return sard_loss(projected_student, teacher_features, labels, self.num_classes,
                          fg_weight=self.fg_weight, bg_weight=self.bg_weight,
-                         stage_decay=self.stage_decay, stages=self.stages)
+                         stage_decay=self.stage_decay, stages=self.stages, **self.form)
 
 
 # --- MS-CA -----------------------------------------------------------------------------------------
@@ -265,13 +307,14 @@ def _affinity(f: torch.Tensor, grid: int) -> torch.Tensor:
 
 def context_affinity_loss(student_features: Sequence[torch.Tensor],
                           teacher_features: Sequence[torch.Tensor], *, grid: int = 8,
-                          stage_decay: float = 0.5, stages: Sequence[int] = ()) -> torch.Tensor:
+                          stage_decay: float = 0.5, stages: Sequence[int] = (),
+                          bottleneck: bool = True) -> torch.Tensor:
     """MSE between student and teacher pairwise cosine affinities of pooled features, per stage.
 
     Widths may differ (affinities are N×N either way); the objective passes the
     adapter-projected student features so the adapters learn from this term too.
     """
-    idx = list(stages) or list(range(len(teacher_features)))
+    idx = select_stages(len(teacher_features), stages, bottleneck)
     weights = stage_weights(len(idx), stage_decay)
     total = teacher_features[0].new_zeros((), dtype=torch.float32)
     for w, s in zip(weights, idx, strict=True):
@@ -289,9 +332,9 @@ def _global_context(f: torch.Tensor) -> torch.Tensor:
 
 def global_context_loss(projected_student: Sequence[torch.Tensor],
                         teacher_features: Sequence[torch.Tensor], *, stage_decay: float = 0.5,
-                        stages: Sequence[int] = ()) -> torch.Tensor:
+                        stages: Sequence[int] = (), bottleneck: bool = True) -> torch.Tensor:
     """MSE between attention-pooled context vectors of teacher and adapter-projected student."""
-    idx = list(stages) or list(range(len(teacher_features)))
+    idx = select_stages(len(teacher_features), stages, bottleneck)
     weights = stage_weights(len(idx), stage_decay)
     total = teacher_features[0].new_zeros((), dtype=torch.float32)
     for w, s in zip(weights, idx, strict=True):
@@ -305,20 +348,19 @@ class ContextLoss(nn.Module):
     """MS-CA: affinity alignment and/or global-context alignment, per stage."""
 
     def __init__(self, affinity: bool = True, global_context: bool = True, grid: int = 8,
-                 stage_decay: float = 0.5, stages: Sequence[int] = ()) -> None:
+                 stage_decay: float = 0.5, stages: Sequence[int] = (), bottleneck: bool = True) -> None:
         super().__init__()
         if not (affinity or global_context):
             raise ValueError("MS-CA needs affinity or global context (or both), got neither")
         self.affinity, self.global_context, self.grid = affinity, global_context, grid
-        self.stage_decay, self.stages = stage_decay, tuple(stages)
+        self.stage_decay, self.stages, self.bottleneck = stage_decay, tuple(stages), bottleneck
 
     def forward(self, projected_student: Sequence[torch.Tensor],
                 teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
         total = teacher_features[0].new_zeros((), dtype=torch.float32)
+        where = {"stage_decay": self.stage_decay, "stages": self.stages, "bottleneck": self.bottleneck}
         if self.affinity:
-            total = total + context_affinity_loss(projected_student, teacher_features, grid=self.grid,
-                                                  stage_decay=self.stage_decay, stages=self.stages)
+            total = total + context_affinity_loss(projected_student, teacher_features, grid=self.grid, **where)
         if self.global_context:
-            total = total + global_context_loss(projected_student, teacher_features,
-                                                stage_decay=self.stage_decay, stages=self.stages)
+            total = total + global_context_loss(projected_student, teacher_features, **where)
         return total

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from distillation.config import bundled_toml, read_toml
+from distillation.config import bundled_toml, kd_recipe_names, read_toml
 from pacsnode.config import build_dataclass  # the one key-naming walker
 from pacsnode.errors import ConfigError
 
@@ -32,6 +32,9 @@ __all__ = ["DatasetSpec", "TrainingSpec", "StudentsSpec", "EvaluationSpec", "Rep
 # A KD recipe as written in a study preset → the terms ``distill distill --kd`` takes.
 KD_RECIPES: dict[str, str] = {"none": "", "logit": "logit", "sard": "sard", "ca": "ca",
                               "logit+sard+ca": "logit,sard,ca"}
+_GRID_RECIPES = tuple(KD_RECIPES)  # the default grid: the term recipes
+# and every bundled KD recipe (presets/kd-NAME.toml, docs/kd-recipes.md) by its NAME
+KD_RECIPES.update({name: name for name in kd_recipe_names()})
 
 
 def _check(rule: Any, text: str) -> dict[str, Any]:
@@ -80,7 +83,7 @@ class StudentsSpec:
 
     widths: tuple[float, ...] = field(default=(0.5, 0.25, 0.125), metadata=_check(
         lambda v: all(0 < w <= 1 for w in v), "numbers in (0, 1]"))
-    kd: tuple[str, ...] = field(default=tuple(KD_RECIPES), metadata=_check(
+    kd: tuple[str, ...] = field(default=_GRID_RECIPES, metadata=_check(
         lambda v: all(k in KD_RECIPES for k in v), f"recipes from {', '.join(KD_RECIPES)}"))
     runs: tuple[str, ...] = ()
     seeds: tuple[int, ...] = field(default=(0,), metadata=_check(lambda v: len(v) > 0, "at least one seed"))

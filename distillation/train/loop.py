@@ -181,6 +181,7 @@ def fit(pair: ModelPair, objective: Objective, optimizer: torch.optim.Optimizer,
             lr = poly_lr(epoch, cfg.epochs, ocfg.lr, ocfg.poly_exponent)
             set_lr(optimizer, lr)
             data.set_epoch(epoch)
+            objective.set_epoch(epoch, cfg.epochs)  # the KD warm-up factor ([kd] warmup_fraction)
             wrapped.train()
             sums: dict[str, float] = {}
             steps = 0

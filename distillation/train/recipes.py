@@ -96,8 +96,9 @@ def _run(preset: Preset, out_dir: Path, pair: ModelPair, spec: RunSpec, stream: 
          ctx: DistContext, resume: bool) -> dict[str, Any]:
     if preset.train.threads:
         torch.set_num_threads(preset.train.threads)
-    objective = Objective(spec.num_classes, preset.kd, ddp=ctx.is_distributed)
-    optimizer = build_optimizer(pair.model.parameters(), preset.optim)  # student AND KD heads
+    objective = Objective(spec.num_classes, preset.kd, ddp=ctx.is_distributed, heads=pair.model.heads)
+    # student AND KD heads, unless the heads are fixed (adapters = "fixed": no gradient, not optimized)
+    optimizer = build_optimizer([p for p in pair.model.parameters() if p.requires_grad], preset.optim)
     state = read_resume_state(out_dir) if resume else None
     if resume and state is None:
         log.warning("--resume: no %s checkpoint in %s, starting from epoch 0", "latest", out_dir)
@@ -164,7 +165,10 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
                                 deep_supervision=preset.network.deep_supervision)
         heads = None
         if preset.kd.needs_features:
-            heads = KDHeads(student.features_per_stage, teacher.features_per_stage)
+            heads = KDHeads(student.features_per_stage, teacher.features_per_stage,
+                            context=preset.kd.ca and preset.kd.ca_form == "gc")
+            if preset.kd.adapters == "fixed":
+                heads.fix()
         provenance = {"teacher": str(teacher_checkpoint), "width_factor": width_factor,
                       "kd_method": preset.kd.recipe, "parameters": count_parameters(student)}
         if budget is not None:
