@@ -91,3 +91,13 @@ def test_invalid_card_is_refused_naming_the_field(path, value, message):
 def test_card_must_be_json():
     with pytest.raises(ModelError, match=r"model card must be valid JSON, got a parse error"):
         ModelCard.from_json("{not json")
+
+
+def test_test_metrics_read_the_test_key_and_older_cards_held_out_validation():
+    figures = {"split": "held-out imagesTs (16 cases)", "dice": {"whole_tumor": 0.9}}
+    for provenance, expected in (({"test": figures}, figures),
+                                 ({"validation": figures}, figures),  # cards written before the "test" key
+                                 ({"validation": {"split": "5-fold cross-validation", "dice": {}}}, {}),
+                                 ({}, {})):
+        card = load_model_card({**make_card(4, 3), "provenance": provenance})
+        assert card.test_metrics == expected, provenance

@@ -4,8 +4,9 @@ Reads a student checkpoint, its teacher checkpoint and the held-out evaluation w
 ``distill evaluate``, and writes the model card JSON that ``distill export --card`` embeds: the
 checkpoint's card (channels, labels, spacing, normalization) with the shipped name and version,
 an intended use that says the model was trained on synthetic phantoms and is not for clinical
-use, and provenance (teacher, width, KD method, parameters, dataset, training, validation
-Dice/HD95 per region measured through the node's inference)::
+use, and provenance (teacher, width, KD method, parameters, dataset, training, and ``test``: the
+Dice/HD95 per region on the held-out test cases, measured through the node's inference; cards
+written before issue 23 called that ``validation``, which ``ModelCard.test_metrics`` still reads)::
 
     python -m distillation.study.ship --student S.pt --teacher T.pt --evaluation eval.json \\
         --postprocessing postprocessing.json --dataset-note "..." --out card.json
@@ -61,8 +62,9 @@ def shipped_card(student: str | Path, teacher: str | Path, evaluation: str | Pat
         "training": {"preset": s_preset.get("name"), "student_epochs": s.epoch, "teacher_epochs": t.epoch,
                      "batches_per_epoch": s_preset.get("data", {}).get("batches_per_epoch"),
                      "patch_size": s_preset.get("data", {}).get("patch_size")},
-        "validation": {
-            "split": f"held-out imagesTs ({len(ev['cases'])} cases), measured through pacsnode.inference",
+        "test": {
+            "split": f"held-out test cases (imagesTs, {len(ev['cases'])} cases; never used for training or for "
+                     "choosing the model), measured through pacsnode.inference",
             "dice": {k: summary[k]["dice"]["mean"] for k in structures},
             "hd95_mm": {k: summary[k]["hd95"]["mean"] for k in structures},
         },

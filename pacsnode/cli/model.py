@@ -68,6 +68,8 @@ def describe(model: Model) -> str:
     if c.provenance:
         lines.append("  provenance")
         lines += [f"    {k:<14} {v}" for k, v in c.provenance.items()]
+        if c.test_metrics and "test" not in c.provenance:  # a card written before the key was named test
+            lines.append("    (provenance.validation holds held-out test figures: read them as test)")
     return "\n".join(line for line in lines if line is not None)
 
 

@@ -326,6 +326,19 @@ class ModelCard:
         return "quantization" in self.provenance
 
     @property
+    def test_metrics(self) -> Mapping[str, Any]:
+        """The held-out test figures the card carries (``provenance.test``: Dice and HD95 per structure on
+        cases never used for training or for choosing the model), ``{}`` if none. Cards written before
+        the key existed kept them under ``provenance.validation`` with a ``split`` that says held-out
+        (the shipped brain-tumor 0.1.0 does); those are read as test figures, which is what they are."""
+        test = self.provenance.get("test")
+        if test is None:
+            legacy = self.provenance.get("validation")
+            if isinstance(legacy, Mapping) and "held-out" in str(legacy.get("split", "")):
+                test = legacy
+        return test if isinstance(test, Mapping) else {}
+
+    @property
     def allowed_precisions(self) -> tuple[str, ...]:
         """Precisions the node may run: fp32 for a float file, plus each one the card has evidence for."""
         validated = [v.precision for v in self.validated_precisions]
