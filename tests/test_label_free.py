@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import distillation.data.raw as raw_module  # noqa: E402
 from distillation.checkpoint import load_checkpoint  # noqa: E402
 from distillation.cli import main  # noqa: E402
-from distillation.data import PatchBatches, PreprocessedCase, write_toy_dataset  # noqa: E402
+from distillation.data import DataPlan, PatchBatches, PreprocessedCase, write_toy_dataset  # noqa: E402
 from distillation.losses import KDConfig, Objective  # noqa: E402
 from distillation.study import parse_study  # noqa: E402
 from pacsnode.errors import ConfigError  # noqa: E402
@@ -97,6 +97,22 @@ def test_a_label_free_run_reads_no_label_and_has_no_supervised_term(runs) -> Non
     assert epoch["train_total"] == pytest.approx(epoch["train_logit"] + epoch["train_sard"], rel=1e-5)
     card = load_checkpoint(out / "checkpoint_final.pt").card
     assert (card["provenance"]["labelled_cases"], card["provenance"]["unlabelled_cases"]) == (0, 5)
+
+
+def test_a_teacher_without_a_plan_is_planned_from_its_card(runs, tmp_path) -> None:
+    """An imported nnU-Net teacher carries a model card, not a plan: the unlabelled scans are
+    preprocessed as its card says, without a label to plan from."""
+    root = runs["root"]
+    payload = torch.load(root / "teacher" / "checkpoint_final.pt", weights_only=False)
+    plan = DataPlan.from_json(payload["extra"].pop("plan"))
+    torch.save(payload, tmp_path / "imported.pt")
+    out = tmp_path / "student"
+    assert main(["distill", "--config", str(root / "p.toml"), "--out", str(out), "--teacher",
+                 str(tmp_path / "imported.pt"), "--unlabelled", str(runs["scans"]), "--kd", "logit"]) == 0
+    used = DataPlan.load(out / "preprocessed-unlabelled" / "plan.json")
+    assert (used.target_spacing, used.normalization, used.patch_size, used.channel_names) == \
+        (plan.target_spacing, plan.normalization, plan.patch_size, plan.channel_names)
+    assert sorted(used.labels.values()) == sorted(plan.labels.values())
 
 
 def test_a_budget_of_n_reads_exactly_those_n_labels_besides_validation(runs) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataPlan", "make_plan", "ct_normalization"]
+__all__ = ["DataPlan", "make_plan", "ct_normalization", "plan_from_card"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,20 @@ def make_plan(channel_names: Sequence[str], labels: Mapping[str, int],
             norms.append({"scheme": "zscore", "use_nonzero_mask": True})
     return DataPlan(tuple(channel_names), dict(labels), target, tuple(norms),  # type: ignore[arg-type]
                     tuple(int(p) for p in patch_size))  # type: ignore[arg-type]
+
+
+def plan_from_card(card: Mapping[str, Any]) -> DataPlan:
+    """The plan a model card describes (an imported nnU-Net teacher carries a card, not a plan):
+    channels, softmax labels, spacing, normalization, patch and crop as the node would run it."""
+    from pacsnode.errors import ConfigError
+
+    spacing = card.get("target_spacing") or []
+    if card.get("activation", "softmax") != "softmax" or len(spacing) != 3 or None in spacing:
+        raise ConfigError("a teacher without a data plan needs a 3-D softmax model card to plan from, got "
+                          f"activation {card.get('activation')!r} and target_spacing {spacing!r}")
+    labels = {"background": 0, **{str(lab["name"]): int(lab["value"]) for lab in card.get("labels") or []}}
+    return DataPlan(tuple(str(c["name"]) for c in card["inputs"]), labels,
+                    tuple(float(x) for x in spacing),  # type: ignore[arg-type]
+                    tuple(dict(n) for n in card["normalization"]),
+                    tuple(int(x) for x in card["patch_size"]),  # type: ignore[arg-type]
+                    bool(card.get("crop_to_nonzero", True)))

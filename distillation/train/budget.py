@@ -17,16 +17,20 @@ The on-premises case: a hospital has a teacher and many scans nobody has labelle
 :func:`~distillation.train.recipes.prepare_data` returns; ``split`` then names the ``train``
 (labelled) cases, the ``val`` cases and the ``unlabelled`` ones. Without ``--dataset`` there is no
 label at all, hence no validation Dice: score the student afterwards with ``distill evaluate``.
+Cases are preprocessed with the teacher's plan, or, for a teacher that has none (one imported
+from nnU-Net), with the plan its model card describes; no label is read to plan.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distillation.config import Preset
 from distillation.data.loader import PatchBatches, validation_patches
-from distillation.data.plan import DataPlan
+from distillation.data.plan import DataPlan, plan_from_card
 from distillation.data.preprocess import load_preprocessed, preprocess_dataset
 from distillation.data.raw import read_dataset
 from distillation.data.unlabelled import find_unlabelled, preprocess_unlabelled
@@ -71,12 +75,11 @@ def split_cases(identifiers: list[str], val_fraction: float) -> tuple[list[str],
 
 
 def prepare_budget_data(preset: Preset, budget: LabelBudget, dataset: Path | None, out_dir: Path,
-                        ctx: DistContext, plan: DataPlan | None
+                        ctx: DistContext, plan: DataPlan | None, teacher_card: Mapping[str, Any] | None = None
                         ) -> tuple[DataPlan, PatchBatches, list, dict[str, list[str]]]:
-    """Preprocess the budget's cases (rank 0; the others wait) and build the patch stream and validation set."""
-    if plan is None:
-        raise ConfigError("--unlabelled and --labelled-cases need a teacher checkpoint that carries its data "
-                          "plan (one written by distill train-teacher), got one without")
+    """Preprocess the budget's cases (rank 0; the others wait) and build the patch stream and validation
+    set, with the teacher's ``plan`` (or, for a teacher without one, the plan its model card describes)."""
+    plan = plan if plan is not None else plan_from_card(teacher_card or {})
     labelled: list[str] = []
     val: list[str] = []
     if dataset is not None:

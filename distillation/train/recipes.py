@@ -158,7 +158,7 @@ def distill(preset: Preset, teacher_checkpoint: str | Path, width_factor: float,
             plan, stream, val, split = prepare_data(preset, source, out, ctx, plan)
         else:
             plan, stream, val, split = prepare_budget_data(preset, budget, None if dataset is None else source,
-                                                           out, ctx, plan)
+                                                           out, ctx, plan, ck.card)
         torch.manual_seed(preset.train.seed)
         student = build_network(ck.network_class_name, ck.arch_kwargs, ck.input_channels, ck.num_classes,
                                 width_factor=width_factor, min_features=ck.min_features,

@@ -19,7 +19,7 @@ __all__ = ["RunState", "run_state", "check_out_dir", "clear_run", "RUN_FILES"]
 
 # What a run writes into its folder (and --force removes); anything else there is left alone.
 RUN_FILES = (LATEST, FINAL, "metrics.json", "metrics.csv", "training_curve.png", "run.json")
-RUN_FOLDERS = ("preprocessed",)
+RUN_FOLDERS = ("preprocessed", "preprocessed-unlabelled")  # the second: distill --unlabelled
 
 
 @dataclass(frozen=True)
