@@ -149,19 +149,24 @@ def _rows() -> list[dict]:
 
 def test_arms_are_read_from_a_study_s_rows_and_compared_paired() -> None:
     rows = _rows()
+    budget = {**rows[0], "run": "w0.25-none-l8-s0", "label_budget": 8, "case_dice": {"c0": {"whole_tumor": 0.1,
+                                                                                           "tumor_core": 0.1}}}
+    rows.append(budget)  # a label-budget run of the same recipe is another arm
     none = arm_data(rows, 0.25, "none")
     assert (none.seeds, none.cases) == ((0, 1, 2), ("c0", "c1", "c2", "c3"))
+    assert arm_data(rows, 0.25, "none", labels=8).values.tolist() == [[0.1]]
     assert none.values[0, 1] == pytest.approx((0.71 + 0.6) / 2)  # mean over the row's regions
     interval, text = compare(rows, (0.25, "logit"), (0.25, "none"), label="KD − no KD at 1/4", replicates=200)
     assert interval.estimate == pytest.approx(0.05)  # every paired difference is 0.05: a point interval
     assert (interval.low, interval.high) == pytest.approx((0.05, 0.05))
     assert text == "KD − no KD at 1/4: +0.050 [0.050, 0.050] (95% hierarchical bootstrap, 3 seeds × 4 cases)"
-    f1, _ = compare(rows, (0.25, "logit"), (0.25, "none"), metric="small_lesion_f1", replicates=200)
+    f1, _ = compare(rows, (0.25, "logit"), (0.25, "none", None), metric="small_lesion_f1", replicates=200)
     assert (f1.estimate, f1.low, f1.high) == (1.0, 1.0, 1.0)
     hd_a, hd_b = paired(arm_data(rows, 0.25, "logit", "hd95:whole_tumor"), arm_data(rows, 0.25, "none",
                                                                                      "hd95:whole_tumor"))
     assert hd_a.cases == ("c0", "c1", "c2")  # c3's HD95 is infinite: dropped from both arms
     rows[0].pop("case_lesions")
+    rows.pop()
     with pytest.raises(ValueError, match="needs per-case results \\(case_lesions\\) in every row, got none in "
                                          "run w0.25-none-s0"):
         arm_data(rows, 0.25, "none", "small_lesion_f1")

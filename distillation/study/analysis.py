@@ -1,7 +1,8 @@
 """The study's analysis (docs/study.md, preregistration): intervals over seeds × cases, the seeds a
 comparison needs, and claims that name their interval.
 
-* :func:`arm_data` reads one arm (width, KD recipe) out of a study's rows (its results file): a
+* :func:`arm_data` reads one arm (width, KD recipe, label budget) out of a study's rows (its results
+  file; an arm is written ``WIDTH:RECIPE`` or ``WIDTH:RECIPE:LABELS`` as in a study preset's runs): a
   seeds × cases matrix of a per-case value (mean Dice over the regions, one region's Dice or HD95),
   or seeds × cases × (TP, FP, FN) for lesion detection (:mod:`distillation.evaluate.lesions`).
 * :func:`hierarchical_bootstrap`: each replicate draws the seeds with replacement, then, for each
@@ -105,17 +106,22 @@ def _field(metric: str) -> str:
             else "case_dice")
 
 
+def _arm_name(width: float, kd: str, labels: int | None) -> str:
+    return f"{width:g}:{kd}" + ("" if labels is None else f":{labels}")
+
+
 def arm_data(rows: Sequence[Mapping[str, Any]], width: float, kd: str, metric: str = "mean_dice",
-             label: str = "") -> ArmData:
-    """The seeds × cases matrix of one arm (rows of that width and KD recipe; the teacher is width 1,
-    KD ``"-"``) on the held-out cases every seed of it was scored on. ``metric``: ``mean_dice`` (mean
-    over the row's regions), a region (``whole_tumor``), ``hd95:REGION`` (infinite → NaN), or
-    ``small_lesion_f1`` / ``lesion_f1`` (TP, FP, FN per case)."""
-    arm = sorted((r for r in rows if abs(float(r["width"]) - width) < 1e-9 and r["kd"] == kd),
-                 key=lambda r: int(r["seed"]))
+             labels: int | None = None, label: str = "") -> ArmData:
+    """The seeds × cases matrix of one arm (rows of that width, KD recipe and label budget, ``None``
+    for every label; the teacher is width 1, KD ``"-"``) on the held-out cases every seed of it was
+    scored on. ``metric``: ``mean_dice`` (mean over the row's regions), a region (``whole_tumor``),
+    ``hd95:REGION`` (infinite → NaN), or ``small_lesion_f1`` / ``lesion_f1`` (TP, FP, FN per case)."""
+    arm = sorted((r for r in rows if abs(float(r["width"]) - width) < 1e-9 and r["kd"] == kd
+                  and r.get("label_budget") == labels), key=lambda r: int(r["seed"]))
     if not arm:
-        have = sorted({f"{float(r['width']):g}:{r['kd']}" for r in rows})
-        raise ValueError(f"an arm must have finished rows, got none for {width:g}:{kd} (have: {', '.join(have)})")
+        have = sorted({_arm_name(float(r["width"]), r["kd"], r.get("label_budget")) for r in rows})
+        raise ValueError(f"an arm must have finished rows, got none for {_arm_name(width, kd, labels)} "
+                         f"(have: {', '.join(have)})")
     field = _field(metric)
     for r in arm:
         if not r.get(field):
@@ -123,9 +129,10 @@ def arm_data(rows: Sequence[Mapping[str, Any]], width: float, kd: str, metric: s
                              f"{r['run']}: its evaluation predates them; measure it again")
     cases = sorted(set.intersection(*(set(r[field]) for r in arm)))
     if not cases:
-        raise ValueError(f"the seeds of {width:g}:{kd} must share held-out cases, got none in common")
+        raise ValueError(f"the seeds of {_arm_name(width, kd, labels)} must share held-out cases, got none in "
+                         "common")
     values = np.array([[_case_value(r, c, metric) for c in cases] for r in arm], dtype=float)
-    return ArmData(label or f"{width:g}:{kd}", metric, tuple(int(r["seed"]) for r in arm), tuple(cases), values)
+    return ArmData(label or _arm_name(width, kd, labels), metric, tuple(int(r["seed"]) for r in arm), tuple(cases), values)
 
 
 def paired(a: ArmData, b: ArmData) -> tuple[ArmData, ArmData]:
@@ -278,22 +285,31 @@ def claim(label: str, interval: Interval, digits: int = 3) -> str:
             f"({100 * interval.level:g}% hierarchical bootstrap, {interval.seeds} seeds × {interval.cases} cases)")
 
 
-def compare(rows: Sequence[Mapping[str, Any]], a: tuple[float, str], b: tuple[float, str], *,
-            metric: str = "mean_dice", label: str = "", level: float = 0.95, replicates: int = REPLICATES,
-            seed: int = 0) -> tuple[Interval, str]:
-    """Arm ``a`` − arm ``b`` (each ``(width, kd)``) paired by seed and case: the interval and its claim."""
-    arm_a, arm_b = paired(arm_data(rows, *a, metric=metric), arm_data(rows, *b, metric=metric))
+Arm = tuple[float, str] | tuple[float, str, int | None]
+
+
+def _read_arm(rows: Sequence[Mapping[str, Any]], arm: Arm, metric: str) -> ArmData:
+    width, kd, *budget = arm
+    return arm_data(rows, width, kd, metric=metric, labels=budget[0] if budget else None)
+
+
+def compare(rows: Sequence[Mapping[str, Any]], a: Arm, b: Arm, *, metric: str = "mean_dice", label: str = "",
+            level: float = 0.95, replicates: int = REPLICATES, seed: int = 0) -> tuple[Interval, str]:
+    """Arm ``a`` − arm ``b`` (each ``(width, kd)`` or ``(width, kd, label budget)``) paired by seed and
+    case: the interval and its claim."""
+    arm_a, arm_b = paired(_read_arm(rows, a, metric), _read_arm(rows, b, metric))
     interval = hierarchical_bootstrap(arm_a, arm_b, level=level, replicates=replicates, seed=seed)
-    name = label or f"{a[0]:g}:{a[1]} − {b[0]:g}:{b[1]}, {metric}"
-    return interval, claim(name, interval)
+    return interval, claim(label or f"{arm_a.label} − {arm_b.label}, {metric}", interval)
 
 
-def _arm(text: str) -> tuple[float, str]:
-    width, _, kd = text.partition(":")
+def _arm(text: str) -> tuple[float, str, int | None]:
+    width, _, rest = text.partition(":")
+    kd, colon, budget = rest.partition(":")
     try:
-        return float(width), kd
+        return float(width), kd, int(budget) if colon else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"an arm must be WIDTH:KD (e.g. 0.25:none), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"an arm must be WIDTH:RECIPE or WIDTH:RECIPE:LABELS (e.g. 0.25:none), "
+                                         f"got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  replicates=args.replicates, seed=args.seed)
         sys.stdout.write(json.dumps({"claim": text, **interval.to_dict()}, ensure_ascii=False) + "\n")
         return 0
-    spread = pilot_spread(arm_data(rows, *args.arm, metric=args.metric))
+    spread = pilot_spread(_read_arm(rows, args.arm, args.metric))
     seed_sd = max(spread["seed_sd"], args.min_seed_sd)
     n = seeds_needed(args.effect, seed_sd, spread["case_sd"], pilot_cases=int(spread["cases"]), cases=args.cases,
                      alpha=args.alpha, power=args.power)
