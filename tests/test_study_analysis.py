@@ -57,6 +57,16 @@ def test_detection_counts_lesions_found_missed_and_invented() -> None:
     assert big.small == LesionCounts(tp=2, fp=2, fn=1)
 
 
+def test_fragments_within_two_voxels_are_one_lesion() -> None:
+    ref = np.zeros((5, 5, 20), dtype=bool)
+    ref[2, 2, [0, 3, 7]] = True  # gaps of 2 voxels (merged) and 3 voxels (apart)
+    assert len(lesion_detection(ref, ref, SPACING).reference_ml) == 2
+    assert len(lesion_detection(ref, ref, SPACING, merge_voxels=0).reference_ml) == 3
+    pred = np.zeros_like(ref)
+    pred[2, 2, [3, 5]] = True  # a fragmented prediction on the first lesion is one detection, no false positive
+    assert lesion_detection(pred, ref, SPACING).all == LesionCounts(tp=1, fp=0, fn=1)
+
+
 def test_detection_of_nothing_is_undefined_and_pooling_sums_counts_first() -> None:
     empty = np.zeros((5, 5, 5), dtype=bool)
     assert lesion_detection(empty, empty, SPACING).all == LesionCounts(0, 0, 0)
@@ -83,6 +93,7 @@ def test_lesions_are_the_whole_tumour_of_label_maps() -> None:
     assert out["cases"]["c"]["all"] == {"tp": 1, "fp": 0, "fn": 0}
     assert out["summary"]["small"] == {"tp": 1, "fp": 0, "fn": 0, "f1": 1.0}
     assert out["settings"]["small_ml"] == 1.0 and out["settings"]["lesion_labels"] == [1, 2, 3]
+    assert out["settings"]["merge_voxels"] == 1
     assert evaluate_lesions({"c": pred}, {"c": ref}, {"c": SPACING}, ()) == {}
 
 
