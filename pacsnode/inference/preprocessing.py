@@ -14,9 +14,7 @@ float64-built matrix per axis. Values agree to ~1e-5.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +29,7 @@ from pacsnode.inference.nonzero import (
     nonzero_any,
 )
 from pacsnode.inference.resampling import linear_resize, one_blas_thread, resample_image
+from pacsnode.inference.threads import per_item
 
 __all__ = [
     "ANISO_THRESHOLD",
@@ -321,20 +320,11 @@ def _channels(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return channels
 
 
-_WORKERS = min(2, os.cpu_count() or 1)
-
-
 def _per_channel(fn: Callable[[int], None], n: int) -> None:
-    """``fn(c)`` for every channel, on up to two threads (numpy and the resampling's BLAS products
-    release the GIL); the BLAS limit to one thread is taken once around them."""
-    workers = min(_WORKERS, n)
-    if workers <= 1:
-        for c in range(n):
-            fn(c)
-        return
-    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(fn, range(n)):
-            pass
+    """``fn(c)`` for every channel on two threads (:mod:`pacsnode.inference.threads`), the BLAS
+    limit to one thread taken once around them."""
+    with one_blas_thread():
+        per_item(fn, n)
 
 
 def revert_to_source(
