@@ -192,3 +192,18 @@ def test_a_study_names_label_budget_arms_and_refuses_bad_ones() -> None:
         rule = rf"students.runs\[0\] must be 'WIDTH:RECIPE' or 'WIDTH:RECIPE:LABELS'.*got '{bad}'"
         with pytest.raises(ConfigError, match=rule):
             parse_study({"students": {"runs": [bad]}})
+
+
+def test_a_study_run_with_a_budget_trains_on_that_budget(runs) -> None:
+    from distillation.study.runner import _student_row, _train_student
+
+    root = runs["root"]
+    config = parse_study({"training": {"preset": str(root / "p.toml")},
+                          "students": {"runs": ["0.5:logit:0", "0.5:none:2"]}})
+    free, control = config.student_runs()
+    for key in (free, control):
+        _train_student(config, key, root / "study" / key.name, root / "teacher" / "checkpoint_final.pt", runs["raw"])
+    assert _split(root / "study" / free.name) == {"train": [], "val": VAL, "unlabelled": BUDGET + ["toy_002"]}
+    assert _split(root / "study" / control.name) == {"train": BUDGET, "val": VAL, "unlabelled": []}
+    assert _student_row(control)["label_budget"] == 2 and "label_budget" not in _student_row(
+        parse_study({"students": {"runs": ["0.5:none"]}}).student_runs()[0])
