@@ -62,14 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=textwrap.fill(
                            "Distil a student of a given width from a teacher checkpoint with the preset's "
                            "(or --kd's) KD terms; the student reuses the teacher's plan. Ctrl-C saves a "
-                           "checkpoint and prints how to resume.", 88),
+                           "checkpoint and prints how to resume. With --unlabelled it learns from images "
+                           "without labels through the teacher's soft targets, with --labelled-cases from a "
+                           "label budget (docs/label-free.md).", 88),
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(d, "nnU-Net raw dataset folder (dataset.json); optional with --unlabelled, where it gives the "
                "validation cases and the --labelled-cases", dataset_required=False)
     d.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (.pt)")
     d.add_argument("--width", type=float, default=0.25, help="student width factor (default 0.25)")
     d.add_argument("--kd", default=None, metavar="TERMS",
-                   help="comma-separated KD terms from logit, sard, ca (default: the preset's [kd])")
+                   help="comma-separated KD terms from logit, sard, ca, or a bundled KD recipe's name "
+                        "(kd-NAME below, e.g. recokd-public; docs/kd-recipes.md) (default: the preset's [kd])")
     d.add_argument("--unlabelled", type=Path, default=None, metavar="DIR",
                    help="also train on these images without labels, through the teacher's soft targets only "
                         "(DIR/imagesTr/CASE_0000.nii.gz, or DIR/CASE_0000.nii.gz; labels beside them are never "
