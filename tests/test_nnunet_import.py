@@ -152,7 +152,8 @@ def test_ignore_label_is_no_output(tmp_path: Path) -> None:
                                             "separate_z_anisotropy_threshold": 2.5}),
      r"resampling_fn_probabilities_kwargs.separate_z_anisotropy_threshold must be .*\(3.0\), got 2.5"),
     (lambda p: p["configurations"]["3d_fullres"].update(previous_stage="3d_lowres"),
-     r"configurations.3d_fullres.previous_stage must be what the node implements \(a single-stage configuration"),
+     r"configurations.3d_fullres.previous_stage needs the first stage's model folder beside this one, got "
+     r"'3d_lowres' and no nnUNetTrainer__nnUNetPlans__3d_lowres"),
     (lambda p: p["configurations"]["3d_fullres"].update(normalization_schemes=["Foo", "ZScoreNormalization"]),
      r"normalization_schemes\[0\] must be one the node implements .*got 'Foo'"),
 ])

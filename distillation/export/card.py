@@ -96,7 +96,7 @@ def channel_entry(name: str, modality: str | None = None) -> dict[str, str]:
 
 
 def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: Mapping[str, int],
-              target_spacing: Sequence[float], patch_size: Sequence[int],
+              target_spacing: Sequence[float | None], patch_size: Sequence[int],
               normalization: Sequence[Mapping[str, Any]], description: str = "",
               intended_use: str = INTENDED_USE, crop_to_nonzero: bool = True, tile_step: float = 0.5,
               mirror_axes: Sequence[int] = (), activation: str = "softmax",
@@ -117,7 +117,7 @@ def make_card(*, name: str, version: str, channel_names: Sequence[str], labels: 
         "description": description,
         "intended_use": intended_use,
         "inputs": [channel_entry(c, modalities[i] if modalities else None) for i, c in enumerate(channel_names)],
-        "target_spacing": [float(s) for s in target_spacing],
+        "target_spacing": [None if s is None else float(s) for s in target_spacing],  # None: 2-D slice axis
         "patch_size": [int(p) for p in patch_size],
         "normalization": [dict(n) for n in normalization],
         "crop_to_nonzero": bool(crop_to_nonzero),

@@ -264,9 +264,11 @@ def export_onnx(net: nn.Module, card: Mapping[str, Any], path: str | os.PathLike
     model = _prepare(net)
     channels = _input_channels(model)
     n_out = len(card["labels"]) + (1 if card["activation"] == "softmax" else 0)
-    if channels != len(card["inputs"]):
+    extra = len((card.get("previous_stage") or {}).get("labels", ()))  # a cascade's one-hot previous stage
+    if channels != len(card["inputs"]) + extra:
         raise ModelError(f"the card's inputs must match the network's input channels ({channels}), got "
-                         f"{len(card['inputs'])}: {[c['name'] for c in card['inputs']]}")
+                         f"{len(card['inputs'])}: {[c['name'] for c in card['inputs']]}"
+                         + (f" + {extra} previous-stage labels" if extra else ""))
     num_classes = getattr(getattr(model, "decoder", None), "num_classes", n_out)
     if num_classes != n_out:
         raise ModelError(f"the card's labels must give the network's {num_classes} output channels "

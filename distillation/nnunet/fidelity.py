@@ -44,9 +44,6 @@ def check_plans(plans: Mapping[str, Any], cfg: Mapping[str, Any], configuration:
     pre = cfg.get("preprocessor_name", "DefaultPreprocessor")
     if pre != "DefaultPreprocessor":
         raise _refuse(f"{where}.preprocessor_name", pre, "DefaultPreprocessor")
-    if cfg.get("previous_stage"):
-        raise _refuse(f"{where}.previous_stage", cfg["previous_stage"],
-                      "a single-stage configuration; the cascade's two stages are not implemented yet")
     for fn_key in ("resampling_fn_data", "resampling_fn_probabilities"):
         fn = cfg.get(fn_key, _RESAMPLING)
         if fn != _RESAMPLING:

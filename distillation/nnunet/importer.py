@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from distillation.nnunet.checkpoints import FoldCheckpoint, read_fold_checkpoint
 from distillation.nnunet.fidelity import check_plans
 from distillation.nnunet.plans import (
     NnunetConfiguration,
+    foreground_labels,
     read_configuration,
     read_json,
     resolve_configuration,
@@ -43,7 +45,8 @@ from distillation.nnunet.plans import (
 from distillation.nnunet.postprocessing import find_postprocessing, read_postprocessing
 from pacsnode.errors import ModelError
 
-__all__ = ["ImportedModel", "import_nnunet", "TransposedNetwork", "FoldEnsemble", "node_mirror_axes"]
+__all__ = ["ImportedModel", "import_nnunet", "TransposedNetwork", "FoldEnsemble", "SliceNetwork",
+           "node_mirror_axes"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +84,28 @@ class FoldEnsemble(nn.Module):
         return out / len(self.folds)
 
 
-def node_mirror_axes(allowed: Sequence[int] | None, transpose_forward: Sequence[int]) -> tuple[int, ...]:
-    """The checkpoint's mirroring axes (network axes, after ``transpose_forward``) as the node's axes."""
+class SliceNetwork(nn.Module):
+    """A 2-D network on a 3-D window [1, C, D, H, W] (transposed axes): each of the D slices is one batch item
+    of the 2-D network, as ``nnUNetPredictor`` runs a 2d configuration slice by slice (the node's window has
+    D = 1). ``encoder.strides`` are the 2-D network's total strides with 1 on the slice axis, for the exporter."""
+
+    def __init__(self, net: nn.Module, strides_2d: Sequence[int]) -> None:
+        super().__init__()
+        self.slices = net
+        self.encoder = SimpleNamespace(strides=[[1, *(int(s) for s in strides_2d)]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _logits(self.slices(x[0].permute(1, 0, 2, 3)))  # [D, C, H, W] -> [D, K, H, W]
+        return out.permute(1, 0, 2, 3)[None]
+
+
+def node_mirror_axes(allowed: Sequence[int] | None, transpose_forward: Sequence[int], dim: int = 3
+                     ) -> tuple[int, ...]:
+    """The checkpoint's mirroring axes (network axes, after ``transpose_forward``) as the node's axes; a 2-D
+    network's axis a is the transposed volume's axis a + 1 (axis 0 holds the slices)."""
     if not allowed:
         return ()
-    return tuple(int(transpose_forward[int(a)]) for a in allowed)
+    return tuple(int(transpose_forward[int(a) + 3 - dim]) for a in allowed)
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,8 @@ class ImportedModel:
     inference_mirror_axes: tuple[int, ...] = ()   # the node's axes
     postprocessing_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    previous: ImportedModel | None = None         # a cascade's first stage (plans' previous_stage)
+    previous_labels: tuple[int, ...] = ()         # its labels, fed one-hot after the image channels
 
     @property
     def fold(self) -> str:
@@ -109,19 +131,39 @@ class ImportedModel:
 
     @property
     def deployable(self) -> nn.Module:
-        """The network on untransposed axes (what the node feeds it)."""
+        """The network on untransposed [1, C, z, y, x] windows (what the node feeds it)."""
+        net = self.network
+        if self.config.dim == 2:
+            from distillation.export.onnx_export import total_stride
+
+            net = SliceNetwork(net, total_stride(net))
         if self.config.transposed:
-            return TransposedNetwork(self.network, self.config.transpose_forward)
-        return self.network
+            return TransposedNetwork(net, self.config.transpose_forward)
+        return net
 
     def export(self, path: str | os.PathLike, **kwargs: Any) -> Any:
-        """Write the deployable ONNX with its card (see :func:`distillation.export.export_onnx`)."""
+        """Write the deployable ONNX with its card (see :func:`distillation.export.export_onnx`). A cascade is
+        two files: the first stage as ``NAME.stage1.onnx`` beside ``NAME.onnx``, whose card's
+        ``previous_stage`` names it and pins its sha256; the node loads and runs both."""
         from distillation.export import export_onnx
 
-        return export_onnx(self.deployable, self.card, path, **kwargs)
+        card = self.card
+        if self.previous is not None:
+            path = Path(path)
+            first = path.with_name(f"{path.stem}.stage1.onnx")
+            report = self.previous.export(first, **kwargs)
+            card = {**card, "previous_stage": {"model": first.name, "sha256": report.sha256,
+                                               "labels": list(self.previous_labels)}}
+        return export_onnx(self.deployable, card, path, **kwargs)
 
     def save_teacher(self, path: str | os.PathLike) -> Path:
         """Save as a distillation checkpoint (``distillation.checkpoint``) for ``distill distill``."""
+        if self.previous is not None:
+            raise ModelError(f"a teacher checkpoint holds one network, got the cascade {self.config.configuration!r} "
+                             "(two stages); export to ONNX instead")
+        if self.config.dim != 3:
+            raise ModelError(f"a teacher checkpoint needs a 3-D configuration, got {self.config.configuration!r} "
+                             "(a 2-D network); export to ONNX instead")
         if self.config.transposed:
             raise ModelError("a teacher checkpoint needs untransposed axes, got plans.json transpose_forward "
                              f"{list(self.config.transpose_forward)}; export to ONNX instead")
@@ -171,7 +213,8 @@ def import_nnunet(folder: str | os.PathLike, folds: Sequence[int | str] | int | 
                   name: str | None = None, version: str = "1.0.0", description: str | None = None,
                   mirror: bool = True, tile_step: float = 0.5,
                   postprocessing: str | os.PathLike | bool = True,
-                  largest_component: Sequence[int | Sequence[int]] = ()) -> ImportedModel:
+                  largest_component: Sequence[int | Sequence[int]] = (),
+                  previous_folds: Sequence[int | str] | int | str | None = None) -> ImportedModel:
     """Rebuild an nnU-Net v2 model as ``nnUNetv2_predict`` would run it, with its model card.
 
     ``folds``: None = every ``fold_N`` holding ``checkpoint_name`` (nnU-Net's default), or the chosen
@@ -179,6 +222,9 @@ def import_nnunet(folder: str | os.PathLike, folds: Sequence[int | str] | int | 
     ``mirror``: test-time mirroring over the checkpoint's axes (nnU-Net's default; 2**axes network
     runs per window). ``postprocessing``: True = the folder's postprocessing.json/.pkl if present,
     a path = that file, False = none; ``largest_component`` overrides it with explicit card steps.
+    A cascade (``3d_cascade_fullres``, plans' ``previous_stage``) imports its first stage from the folder
+    ``Trainer__Plans__<previous_stage>`` beside ``folder`` too (``previous_folds``, by default every fold, and
+    no postprocessing: ``nnUNetv2_predict`` hands the cascade the first stage's raw prediction).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -190,10 +236,20 @@ def import_nnunet(folder: str | os.PathLike, folds: Sequence[int | str] | int | 
     configuration = first.configuration
     check_plans(plans, resolve_configuration(plans, configuration), configuration)
     cfg = read_configuration(plans, dataset, configuration)
+    previous = None
+    if cfg.previous_stage is not None:
+        prev_folder = folder.parent / f"{first.trainer_name}__{cfg.plans_name}__{cfg.previous_stage}"
+        if not prev_folder.is_dir():
+            raise ModelError(f"plans.json configurations.{configuration}.previous_stage needs the first stage's "
+                             f"model folder beside this one, got {cfg.previous_stage!r} and no {prev_folder.name} "
+                             f"in {folder.parent}")
+        previous = import_nnunet(prev_folder, previous_folds, cfg.previous_stage, checkpoint_name=checkpoint_name,
+                                 name=f"{name or cfg.dataset_name} stage 1", version=version, mirror=mirror,
+                                 tile_step=tile_step, postprocessing=False)
     nets = [_network(cfg, ck) for ck in checkpoints]
     network = nets[0] if len(nets) == 1 else FoldEnsemble(nets).eval()
     fold_names = tuple(ck.fold for ck in checkpoints)
-    axes = node_mirror_axes(first.mirror_axes, cfg.transpose_forward)
+    axes = node_mirror_axes(first.mirror_axes, cfg.transpose_forward, cfg.dim)
     pp_file: Path | None = None
     steps: list[Any] = [list(s) if not isinstance(s, int) else s for s in largest_component]
     if not steps and postprocessing is not False:
@@ -227,11 +283,14 @@ def import_nnunet(folder: str | os.PathLike, folds: Sequence[int | str] | int | 
                     "width_factor": 1.0, "kd_method": "none", "parameters": params * len(nets),
                     "parameters_per_fold": params, "dataset": cfg.dataset_name,
                     "source": "distill import-nnunet",
-                    **({"postprocessing": pp_file.name} if pp_file is not None else {})},
+                    **({"postprocessing": pp_file.name} if pp_file is not None else {}),
+                    **({"previous_stage": {"configuration": cfg.previous_stage, "folds": list(previous.folds)}}
+                       if previous is not None else {})},
     )
     card = validate_card(card)
     log.info("imported nnU-Net %s %s %s: %s, %d parameters per fold, mirroring %s", cfg.dataset_name,
              configuration, what, cfg.network_class_name.rsplit(".", 1)[-1], params, list(axes) if mirror else "off")
     return ImportedModel(network=network, config=cfg, card=card, folds=fold_names, trainer_name=first.trainer_name,
                          source=folder, checkpoint_name=checkpoint_name, inference_mirror_axes=axes,
-                         postprocessing_file=pp_file, extra={"epoch": first.epoch})
+                         postprocessing_file=pp_file, extra={"epoch": first.epoch}, previous=previous,
+                         previous_labels=tuple(foreground_labels(dataset)) if previous is not None else ())

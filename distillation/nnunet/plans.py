@@ -18,7 +18,7 @@ from typing import Any
 from pacsnode.errors import ModelError
 
 __all__ = ["NnunetConfiguration", "read_json", "resolve_configuration", "card_normalization",
-           "card_labels", "read_configuration"]
+           "card_labels", "read_configuration", "foreground_labels"]
 
 _NORMALIZATION = {
     "ZScoreNormalization": "zscore",
@@ -167,6 +167,16 @@ def card_labels(dataset: Mapping[str, Any]) -> tuple[str, dict[str, int], int, d
     return "sigmoid", dict(zip(regions, painted, strict=True)), len(regions), regions
 
 
+def foreground_labels(dataset: Mapping[str, Any]) -> list[int]:
+    """nnU-Net's ``LabelManager.foreground_labels``: every label value in dataset.json (regions' members too),
+    ascending, without 0 and the ignore label; a cascade feeds its previous stage one-hot over these."""
+    values = set()
+    for k, v in (dataset.get("labels") or {}).items():
+        if k != "ignore":
+            values.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+    return sorted(values - {0})
+
+
 @dataclass(frozen=True)
 class NnunetConfiguration:
     """What the node needs from plans.json + dataset.json for one configuration."""
@@ -182,10 +192,12 @@ class NnunetConfiguration:
     activation: str
     labels: dict[str, int]              # name → painted value, in output-channel order
     regions: dict[str, list[int]]       # region-based models: name → the labels it is the union of
-    spacing: tuple[float, ...]          # untransposed (z, y, x)
-    patch_size: tuple[int, ...]         # untransposed (z, y, x)
+    spacing: tuple[float | None, ...]   # untransposed (z, y, x); None: a 2-D model's slice axis (source spacing)
+    patch_size: tuple[int, ...]         # untransposed (z, y, x); 1 on a 2-D model's slice axis
     transpose_forward: tuple[int, ...]
     normalization: tuple[dict[str, Any], ...]
+    dim: int = 3                        # the network's spatial dimensions (2: nnU-Net's 2d, run slice by slice)
+    previous_stage: str | None = None   # a cascade's first-stage configuration (plans' previous_stage)
 
     @property
     def transposed(self) -> bool:
@@ -205,9 +217,12 @@ def read_configuration(plans: Mapping[str, Any], dataset: Mapping[str, Any], con
     cfg = resolve_configuration(plans, configuration)
     patch = list(cfg.get("patch_size") or [])
     spacing = list(cfg.get("spacing") or [])
-    if len(patch) != 3 or len(spacing) != 3:
-        raise ModelError(f"configuration {configuration!r} must be 3-D (patch_size and spacing with three "
-                         f"entries) for the node, got patch_size {patch} and spacing {spacing}")
+    dim = len(patch)
+    if dim not in (2, 3) or len(spacing) != dim:
+        raise ModelError(f"configuration {configuration!r} must be 2-D or 3-D (patch_size and spacing with two or "
+                         f"three entries each) for the node, got patch_size {patch} and spacing {spacing}")
+    if dim == 2:  # nnU-Net runs a 2-D network over the slices of the transposed volume's first axis
+        patch, spacing = [1, *patch], [None, *spacing]
     transpose = list(plans.get("transpose_forward", [0, 1, 2]))
     if sorted(transpose) != [0, 1, 2]:
         raise ModelError(f"plans.json transpose_forward must be a permutation of [0, 1, 2], got {transpose}")
@@ -216,21 +231,23 @@ def read_configuration(plans: Mapping[str, Any], dataset: Mapping[str, Any], con
         raise ModelError(f"dataset.json channel_names must be a non-empty table, got {channels!r}")
     channel_names = tuple(str(channels[k]) for k in sorted(channels, key=lambda k: int(k)))
     activation, labels, num_classes, regions = card_labels(dataset)
-    class_name, arch_kwargs = _architecture(cfg, 3)
+    class_name, arch_kwargs = _architecture(cfg, dim)
     return NnunetConfiguration(
         dataset_name=str(plans.get("dataset_name", dataset.get("name", "nnunet"))),
         plans_name=str(plans.get("plans_name", "nnUNetPlans")),
         configuration=configuration,
         network_class_name=class_name,
         arch_kwargs=arch_kwargs,
-        input_channels=len(channel_names),
+        input_channels=len(channel_names) + (len(foreground_labels(dataset)) if cfg.get("previous_stage") else 0),
         num_classes=num_classes,
         channel_names=channel_names,
         activation=activation,
         labels=labels,
         regions=regions,
-        spacing=tuple(float(s) for s in _untranspose(spacing, transpose)),
+        spacing=tuple(None if s is None else float(s) for s in _untranspose(spacing, transpose)),
         patch_size=tuple(int(p) for p in _untranspose(patch, transpose)),
         transpose_forward=tuple(int(t) for t in transpose),
         normalization=tuple(card_normalization(cfg, plans, len(channel_names))),
+        dim=dim,
+        previous_stage=cfg.get("previous_stage") or None,
     )

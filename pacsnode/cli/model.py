@@ -39,7 +39,10 @@ def describe(model: Model) -> str:
         "  inputs",
         *(f"    {i}. {ch.name:<8} {ch.modality}  series description ~ /{ch.series_description}/  "
           f"normalization {_norm(n)}" for i, (ch, n) in enumerate(zip(c.inputs, c.normalization, strict=True))),
-        f"  spacing        {' × '.join(f'{s:g}' for s in c.target_spacing)} mm (z, y, x)",
+        f"  spacing        {' × '.join('source' if s is None else f'{s:g}' for s in c.target_spacing)} mm (z, y, x)"
+        + (f"; 2-D, slice by slice along axis {c.slice_axis}" if c.slice_axis is not None else ""),
+        f"  previous stage {c.previous_stage.model} (sha256 {c.previous_stage.sha256[:12]}…), its labels "
+        f"{list(c.previous_stage.labels)} one-hot after the inputs" if c.previous_stage else None,
         f"  patch          {' × '.join(str(p) for p in c.patch_size)} voxels, tile step {c.tile_step:g}, "
         f"mirroring {list(c.mirror_axes) or 'off'}, crop to nonzero {'on' if c.crop_to_nonzero else 'off'}, "
         f"windows summed in {c.aggregation}",
@@ -92,7 +95,7 @@ def measure_window(model: Model) -> tuple[float, float]:
     from pacsnode.inference.sliding_window import predict_sliding_window
 
     c = model.card
-    data = np.random.default_rng(0).standard_normal((c.channels, *c.patch_size), dtype=np.float32)
+    data = np.random.default_rng(0).standard_normal((c.network_channels, *c.patch_size), dtype=np.float32)
     model.predict(data[None])
     t0 = time.perf_counter()
     predict_sliding_window(data, model.predict, c.num_outputs, c.patch_size, mirror_axes=c.mirror_axes)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pacsnode.errors import ModelError
 from pacsnode.inference.external_data import ExternalData, parse_external_data
+from pacsnode.inference.stages import PreviousStage, parse_target_spacing, resolve_spacing, slice_axis
 
 __all__ = [
     "SCHEMA",
@@ -41,7 +42,8 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 _REQUIRED = ("schema", "name", "version", "inputs", "target_spacing", "patch_size", "normalization", "labels")
 _OPTIONAL = ("description", "intended_use", "crop_to_nonzero", "tile_step", "mirror_axes", "aggregation",
-             "activation", "postprocessing", "provenance", "validated_precisions", "external_data")
+             "activation", "postprocessing", "provenance", "validated_precisions", "external_data",
+             "previous_stage")
 AGGREGATIONS = ("float32", "float16")
 
 
@@ -289,7 +291,7 @@ class ModelCard:
     name: str
     version: str
     inputs: tuple[InputChannel, ...]
-    target_spacing: tuple[float, float, float]
+    target_spacing: tuple[float | None, float | None, float | None]  # null: a 2-D model's slice axis
     patch_size: tuple[int, int, int]
     normalization: tuple[Normalization, ...]
     labels: tuple[Label, ...]
@@ -304,12 +306,27 @@ class ModelCard:
     provenance: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     validated_precisions: tuple[ValidatedPrecision, ...] = ()
     external_data: tuple[ExternalData, ...] = ()  # weights beside the file (pacsnode.inference.external_data)
+    previous_stage: PreviousStage | None = None   # a cascade's first stage (pacsnode.inference.stages)
     schema: str = SCHEMA
 
     # ---- derived -----------------------------------------------------------------
     @property
     def channels(self) -> int:
         return len(self.inputs)
+
+    @property
+    def network_channels(self) -> int:
+        """The network's input channels: the inputs, then a cascade's one-hot previous-stage labels."""
+        return len(self.inputs) + (len(self.previous_stage.labels) if self.previous_stage else 0)
+
+    @property
+    def slice_axis(self) -> int | None:
+        """The axis a 2-D model runs slice by slice along (target spacing null there), else None."""
+        return slice_axis(self.target_spacing)
+
+    def spacing_for(self, source: Sequence[float]) -> tuple[float, float, float]:
+        """The target spacing for a volume at ``source`` spacing (a 2-D model keeps the source's between slices)."""
+        return resolve_spacing(self.target_spacing, source)
 
     @property
     def num_outputs(self) -> int:
@@ -452,7 +469,8 @@ class ModelCard:
             description=_str(d.get("description", ""), "description", empty=True),
             intended_use=_str(d.get("intended_use", ""), "intended_use", empty=True),
             inputs=inputs,
-            target_spacing=_triple(d["target_spacing"], "target_spacing", integer=False),  # type: ignore[arg-type]
+            target_spacing=parse_target_spacing(d["target_spacing"], _triple(d["patch_size"], "patch_size",
+                                                                              integer=True)),  # type: ignore[arg-type]
             patch_size=_triple(d["patch_size"], "patch_size", integer=True),  # type: ignore[arg-type]
             normalization=normalization,
             crop_to_nonzero=_bool(d.get("crop_to_nonzero", True), "crop_to_nonzero"),
@@ -465,6 +483,7 @@ class ModelCard:
             provenance=MappingProxyType(json.loads(json.dumps(provenance))),
             validated_precisions=precisions,
             external_data=parse_external_data(d.get("external_data", [])),
+            previous_stage=PreviousStage.from_dict(d["previous_stage"]) if "previous_stage" in d else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -489,6 +508,7 @@ class ModelCard:
             **({"validated_precisions": [v.to_dict() for v in self.validated_precisions]}
                if self.validated_precisions else {}),
             **({"external_data": [e.to_dict() for e in self.external_data]} if self.external_data else {}),
+            **({"previous_stage": self.previous_stage.to_dict()} if self.previous_stage else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

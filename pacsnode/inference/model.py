@@ -34,6 +34,7 @@ from pacsnode.inference.backends import (
     openvino_status,
 )
 from pacsnode.inference.card import METADATA_KEY, ModelCard
+from pacsnode.inference.cascade import previous_stage_path
 from pacsnode.inference.external_data import external_data_files, file_digests, verify_external_data
 from pacsnode.inference.selfcheck import Parity, compare, fixed_window
 
@@ -90,6 +91,7 @@ class Model:
     parity: Parity | None = None
     rejected: tuple[str, ...] = ()
     check_seconds: float = 0.0
+    previous: Model | None = None  # a cascade's first stage (card.previous_stage), run by the pipeline first
 
     @property
     def backend(self) -> str:
@@ -152,13 +154,21 @@ class Model:
                 passed_over.append(f"precision {p} not used: {exc}")
         rejected = passed_over + rejected
         seconds = time.perf_counter() - t0
+        previous = None
+        if card.previous_stage is not None:  # the cascade's first stage, beside this file, as its card pins it
+            first = file.parent / card.previous_stage.model
+            if not first.is_file():
+                raise ModelError(f"{file.name}: previous_stage.model must be a file beside it, got no "
+                                 f"{card.previous_stage.model} in {file.parent}")
+            previous_stage_path(file, first.name, card.previous_stage.sha256, file_sha256(first))
+            previous = cls.load(first, threads, backend=backend, precision=precision)
         if rejected:
             log.warning("model %s: %s", card.name, "; ".join(rejected))
         log.info("loaded model %s %s (sha256 %s) on %s %s, %d threads%s", card.name, card.version, digest[:12],
                  runtime.name, runtime.precision, threads,
                  f"; self-check {parity.describe()} in {seconds:.1f} s" if parity else "")
         return cls(path=file, card=card, runtime=runtime, sha256=digest, threads=int(threads), parity=parity,
-                   rejected=tuple(rejected), check_seconds=seconds)
+                   rejected=tuple(rejected), check_seconds=seconds, previous=previous)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Logits (1, K, z, y, x) for one float32 window (1, C, z, y, x)."""
@@ -187,7 +197,7 @@ def _choose(file: Path, card: ModelCard, reference: Any, backend: str, precision
         return reference, None, []
     names = [backend] if backend != "auto" else list(AUTO_ORDER)
     rejected: list[str] = []
-    window = fixed_window(card.channels, card.patch_size)
+    window = fixed_window(card.network_channels, card.patch_size)
     expected: np.ndarray | None = None
     for name in names:
         if name == "onnxruntime":
@@ -233,14 +243,16 @@ def _check_io(session: Any, card: ModelCard, name: str) -> None:
         raise ModelError(f"{name}: the model must have an output named {OUTPUT_NAME!r}, got {out_names}")
     out = next(o for o in outputs if o.name == OUTPUT_NAME)
     for what, arg, expected, field in (
-        ("input", inputs[0], card.channels, "inputs"),
+        ("input", inputs[0], card.network_channels, "inputs"),
         ("output", out, card.num_outputs, "labels"),
     ):
         dims = _dims(arg.shape)
         if len(dims) != 5:
             raise ModelError(f"{name}: the model {what} {arg.name!r} must be 5-D [1, C, z, y, x], got shape {arg.shape}")
         if dims[1] is not None and dims[1] != expected:
-            detail = (f"{card.channels} input channel(s) ({', '.join(card.channel_names)})" if what == "input"
+            detail = (f"{card.network_channels} input channel(s) ({', '.join(card.channel_names)}"
+                      + (f" + {card.network_channels - card.channels} previous-stage label(s)"
+                         if card.previous_stage else "") + ")" if what == "input"
                       else f"{card.num_outputs} output channel(s) ({len(card.labels)} label(s)"
                       + (" + background" if card.activation == "softmax" else "") + f", {card.activation})")
             raise ModelError(f"{name}: the model {what} {arg.name!r} must have {detail} as the card's "

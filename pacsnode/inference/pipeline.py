@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pacsnode.errors import InferenceError
+from pacsnode.inference.cascade import previous_stage_channels
 from pacsnode.inference.model import Model
 from pacsnode.inference.postprocessing import keep_largest_component
 from pacsnode.inference.preprocessing import (
     Preprocessed,
     determine_separate_z,
     linear_resize,
+    plan_from_card,
     preprocess,
     resample_image,
     revert_to_source,
@@ -29,7 +31,7 @@ from pacsnode.inference.preprocessing import (
 from pacsnode.inference.sliding_window import predict_sliding_window
 from pacsnode.volume import Volume, resample_to_reference
 
-__all__ = ["Prediction", "run", "logits_to_labels"]
+__all__ = ["Prediction", "run", "logits_to_labels", "network_input"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,8 @@ def run(
 
     Channels after the first are resampled into the first volume's grid (patient
     coordinates; they must share its FrameOfReferenceUID). ``timings`` holds seconds for
-    align, preprocess, network, resample_back and postprocess.
+    align, preprocess, network, resample_back and postprocess (a cascade: also stage1 and the first
+    stage's own steps as stage1_*).
     """
     card = model.card
     if len(volumes) != card.channels:
@@ -158,7 +161,46 @@ def run(
         images = np.stack([v.array for v in aligned])
     del aligned
     clock.lap("align")
-    pre = preprocess(images, reference.spacing, card)
+    held = [images]  # handed over, so the stacked images are freed before the sliding window
+    del images
+    labels, probabilities, windows = _run_images(model, held, reference.spacing, return_probabilities, progress,
+                                                 clock)
+    return Prediction(labels=labels, reference=reference, probabilities=probabilities,
+                      timings=clock.timings, windows=windows)
+
+
+def network_input(model: Model, images: np.ndarray, spacing: Sequence[float], pre: Preprocessed,
+                  timings: dict[str, float] | None = None) -> np.ndarray:
+    """The network's input on ``pre``'s grid: the preprocessed images, then for a cascade the first stage's
+    labels one-hot (:mod:`pacsnode.inference.cascade`), the first stage run here on the same ``images``."""
+    stage = model.card.previous_stage
+    if stage is None:
+        return pre.data
+    if model.previous is None:
+        raise InferenceError(f"model {model.card.name} is a cascade's second stage: load it with Model.load, "
+                             f"which loads its first stage {stage.model}")
+    clock = _Clock()
+    first, _, _ = _run_images(model.previous, [images], spacing, False, None, clock)
+    if timings is not None:
+        for k, v in clock.timings.items():
+            timings[f"stage1_{k}"] = v
+    extra = previous_stage_channels(first, images, pre, stage.labels)
+    return np.concatenate([pre.data, extra])
+
+
+def _run_images(model: Model, held: list[np.ndarray], spacing: Sequence[float], return_probabilities: bool,
+                progress: Callable[[int, int], None] | None, clock: _Clock
+                ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(labels, probabilities or None, windows) on the source grid of the images (C, z, y, x) in ``held``
+    (taken out of it, so the caller's list no longer keeps them alive)."""
+    card = model.card
+    images = held.pop()
+    plan = replace(plan_from_card(card), target_spacing=card.spacing_for(spacing))
+    pre = preprocess(images, spacing, plan)
+    if card.previous_stage is not None:
+        clock.lap("preprocess")
+        pre = replace(pre, data=network_input(model, images, spacing, pre, clock.timings))
+        clock.lap("stage1")
     del images
     clock.lap("preprocess")
     log.info("model %s: source %s at %s mm, network grid %s at %s mm", card.name, pre.shape_before_crop,
@@ -195,5 +237,4 @@ def run(
     if card.postprocessing.largest_component:
         keep_largest_component(labels, card.postprocessing.largest_component)
     clock.lap("postprocess")
-    return Prediction(labels=labels, reference=reference, probabilities=probabilities,
-                      timings=clock.timings, windows=n_windows[0])
+    return labels, probabilities, n_windows[0]

@@ -41,13 +41,19 @@ def _gaussian(tile_size: tuple[int, ...], sigma_scale: float, value_scaling_fact
 
 def compute_gaussian(tile_size: Sequence[int], sigma_scale: float = 1.0 / 8,
                      value_scaling_factor: float = 10.0) -> np.ndarray:
-    """nnU-Net's ``compute_gaussian`` (float32, read-only, cached)."""
-    return _gaussian(tuple(int(t) for t in tile_size), float(sigma_scale), float(value_scaling_factor))
+    """nnU-Net's ``compute_gaussian`` (float32, read-only, cached). A window of depth 1 on an axis (a 2-D
+    model run slice by slice) gets the Gaussian of the remaining axes, as nnU-Net builds it for the 2-D patch."""
+    tile = tuple(int(t) for t in tile_size)
+    if 1 in tile and len(tile) > 1:
+        flat = _gaussian(tuple(t for t in tile if t != 1), float(sigma_scale), float(value_scaling_factor))
+        return flat.reshape(tile)
+    return _gaussian(tile, float(sigma_scale), float(value_scaling_factor))
 
 
 def compute_steps_for_sliding_window(image_size: Sequence[int], tile_size: Sequence[int],
                                      tile_step_size: float) -> list[list[int]]:
-    """nnU-Net's tile start positions per axis (image at least as large as the tile)."""
+    """nnU-Net's tile start positions per axis (image at least as large as the tile). An axis where the tile
+    is 1 (a 2-D model's slice axis) starts a window at every position, each once, as nnU-Net's 2-D slicers."""
     if any(i < t for i, t in zip(image_size, tile_size, strict=True)):
         raise InferenceError(f"image must be at least the patch size, got {list(image_size)} < {list(tile_size)}")
     if not 0 < tile_step_size <= 1:
@@ -56,6 +62,9 @@ def compute_steps_for_sliding_window(image_size: Sequence[int], tile_size: Seque
     num_steps = [int(np.ceil((i - k) / j)) + 1 for i, j, k in zip(image_size, target, tile_size, strict=True)]
     steps = []
     for dim in range(len(tile_size)):
+        if tile_size[dim] == 1:
+            steps.append(list(range(int(image_size[dim]))))
+            continue
         max_step = image_size[dim] - tile_size[dim]
         actual = max_step / (num_steps[dim] - 1) if num_steps[dim] > 1 else 99999999999
         steps.append([int(np.round(actual * i)) for i in range(num_steps[dim])])
