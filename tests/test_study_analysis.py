@@ -235,3 +235,35 @@ def test_command_line_compares_arms_and_sizes_the_study(tmp_path, capsys) -> Non
     out = json.loads(capsys.readouterr().out)
     assert (out["seed_sd"], out["case_sd"], out["seed_sd_used"]) == pytest.approx((0, 0, 0.02))  # the floor
     assert out["seeds_per_arm"] == seeds_needed(0.02, 0.02, 0.0, pilot_cases=4, cases=100) > 5
+
+
+def test_the_preregistered_preset_is_the_design_docs_study_md_states() -> None:
+    from pathlib import Path
+
+    from distillation.study import load_study
+
+    study = load_study("study-brain-hard")
+    d = study.dataset
+    assert (d.kind, d.setting, d.cases, d.test_cases, d.seed) == ("brain", "hard", 200, 100, 6000)
+    arms: dict[tuple, list[int]] = {}
+    for k in study.student_runs():
+        arms.setdefault((k.width, k.kd, k.labels), []).append(k.seed)
+    primary = {a: s for a, s in arms.items() if a[0] == 0.25}
+    assert set(primary) == {(0.25, "none", None), (0.25, "recokd-ours", None), (0.25, "recokd-public", None),
+                            (0.25, "logit", 0), (0.25, "logit", 8), (0.25, "none", 8)}
+    assert len({tuple(s) for s in primary.values()}) == 1 and len(primary[(0.25, "none", None)]) >= 5  # paired
+    assert {a[0] for a in arms} == {0.5, 0.25, 0.125}
+    assert study.report.stem != "study"  # its report never overwrites docs/study.md
+    text = (Path(__file__).resolve().parents[1] / "docs" / "study.md").read_text(encoding="utf-8")
+    assert "**Committed before any study run, 2026-12-03.**" in text
+    assert "`[dataset] seed = 6000`" in text and "200 training + 100 held-out" in text
+
+
+def test_no_study_report_may_overwrite_docs_study_md() -> None:
+    from distillation.study.config import parse_study
+    from pacsnode.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"report.stem must be letters, digits, '-' or '_', other than 'study' "
+                                          r"\(docs/study.md is written by hand\), got 'study'"):
+        parse_study({"report": {"stem": "study"}})
+    assert parse_study({}).report.stem == "study-run"

@@ -106,8 +106,10 @@ class ReportSpec:
     """[report]: ``DOCS/<stem>.md``, ``DOCS/<stem>-dice-params.png``, ``-dice-latency.png``, ``-curves.png``."""
 
     title: str = "Distillation study"
-    stem: str = field(default="study", metadata=_check(lambda v: v.replace("-", "").replace("_", "").isalnum(),
-                                                      "letters, digits, '-' or '_'"))
+    # never "study": docs/study.md is the study's hand-written report, which a run must not overwrite
+    stem: str = field(default="study-run", metadata=_check(
+        lambda v: v.replace("-", "").replace("_", "").isalnum() and v != "study",
+        "letters, digits, '-' or '_', other than 'study' (docs/study.md is written by hand)"))
 
 
 @dataclass(frozen=True)
