@@ -155,10 +155,7 @@ def run(
     clock = _Clock()
     reference = volumes[0]
     aligned = [reference] + [resample_to_reference(v, reference) for v in volumes[1:]]
-    if len(aligned) == 1:
-        images = aligned[0].array[None]
-    else:
-        images = np.stack([v.array for v in aligned])
+    images = [v.array for v in aligned]  # one array per channel: preprocess crops each, no stacked copy
     del aligned
     clock.lap("align")
     held = [images]  # handed over, so the stacked images are freed before the sliding window
