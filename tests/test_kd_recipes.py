@@ -6,6 +6,7 @@ warm-up, fixed adapters, and every bundled recipe through a short training run o
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -238,17 +239,16 @@ def test_a_study_names_a_recipe_in_its_runs() -> None:
 
 # --- training: fixed adapters, and a 2-step run with every recipe ---------------------------------
 
-TINY = {"data": {"patch_size": [16, 16, 16], "batches_per_epoch": 1, "val_fraction": 0.34,
-                 "val_patches_per_case": 1, "num_workers": 0},
+TINY = {"data": {"patch_size": [16, 16, 16], "batches_per_epoch": 1, "val_fraction": 0.0, "num_workers": 0},
         "network": {"base_features": 4, "max_features": 16, "max_stages": 3},
-        "train": {"epochs": 2, "progress": False, "val_every": 2, "checkpoint_every": 2},
+        "train": {"epochs": 2, "progress": False, "val_every": 2, "checkpoint_every": 2, "threads": 1},
         "optim": {"amp": False}}
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("kd_recipes")
-    raw = write_toy_dataset(root / "raw", n_cases=3, shape=(20, 20, 20))
+    raw = write_toy_dataset(root / "raw", n_cases=2, shape=(16, 16, 16))
     train_teacher(replace(parse_preset(TINY), train=replace(parse_preset(TINY).train, epochs=1)), raw, root / "t")
     return raw, root / "t" / "checkpoint_final.pt"
 
@@ -256,6 +256,7 @@ def teacher(tmp_path_factory):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_trains_two_steps(teacher, tmp_path, recipe) -> None:
     raw, ck_path = teacher
+    shutil.copytree(ck_path.parent / "preprocessed", tmp_path / "preprocessed")  # the same plan: kept as is
     preset = with_kd_terms(parse_preset(TINY), recipe)
     summary = distill(preset, ck_path, 0.5, raw, tmp_path)
     assert summary["epochs_completed"] == 2
