@@ -290,6 +290,9 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], spacing: Sequence[floa
     resampled = np.empty((len(data), *new_shape), dtype=np.float32)
 
     def channel(c: int) -> None:
+        if shape_after == new_shape:  # the model's spacing is the source's: normalised in place, no copy
+            normalize_channel(data[c], plan.normalization[c], c, resampled[c], norm_mask)
+            return
         normed = np.empty(shape_after, dtype=np.float32)
         normalize_channel(data[c], plan.normalization[c], c, normed, norm_mask)
         resample_image(normed, new_shape, axis=axis, order=plan.order_data, order_z=plan.order_z,
