@@ -109,6 +109,17 @@ def test_results_hold_the_measured_fields(micro: dict[str, Path]) -> None:
     evaluation = json.loads((micro["work"] / "students" / "w0.5-logit-s0" / "evaluation.json").read_text())
     assert student["case_dice"] == {case: {s: m[s]["dice"] for s in student["structures"]}
                                     for case, m in evaluation["cases"].items()}
+    # per case, per seed, per arm: what the study's bootstrap resamples (distillation.study.analysis)
+    assert student["case_hd95"] == {case: {s: m[s]["hd95"] for s in student["structures"]}
+                                    for case, m in evaluation["cases"].items()}
+    assert student["case_lesions"] == {case: {k: d[k] for k in ("all", "small")}
+                                       for case, d in evaluation["lesions"]["cases"].items()}
+    assert set(student["case_lesions"]) == set(student["case_dice"])
+    assert student["small_lesion_f1"] == evaluation["lesions"]["summary"]["small"]["f1"]
+    assert student["lesion_settings"]["small_ml"] == 1.0
+    from distillation.study.analysis import arm_data
+
+    assert arm_data(results["rows"], 0.5, "logit", "small_lesion_f1").values.shape == (1, 1, 3)
     kept = json.loads((micro["docs"] / "micro-results.json").read_text())  # the rows beside the report
     assert kept == results
 
