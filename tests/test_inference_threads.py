@@ -60,3 +60,17 @@ def test_nonzero_any_on_two_threads_equals_numpy():
              for _ in range(3)]
     np.testing.assert_array_equal(nonzero_any(chans), np.any([c != 0 for c in chans], axis=0))
     np.testing.assert_array_equal(nonzero_any(np.stack(chans)[:1]), chans[0] != 0)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_the_way_back_in_slabs_on_two_threads_equals_one(monkeypatch, activation):
+    from pacsnode.inference.pipeline import logits_to_labels
+    from pacsnode.inference.preprocessing import Preprocessed
+
+    logits = np.random.default_rng(5).normal(size=(3, 21, 17, 15)).astype(np.float32)
+    pre = Preprocessed(data=np.empty(0), seg=None, bbox=((2, 44), (1, 35), (3, 33)), shape_before_crop=(47, 36, 34),
+                       shape_after_crop=(42, 34, 30), spacing=(1.0, 1.0, 1.0), target_spacing=(2.0, 2.0, 2.0))
+    two = logits_to_labels(logits, pre, activation, [1, 2, 3])
+    monkeypatch.setattr(threads, "WORKERS", 1)
+    np.testing.assert_array_equal(two, logits_to_labels(logits, pre, activation, [1, 2, 3]))
+    assert set(np.unique(two[2:44, 1:35, 3:33])) >= {1, 2}

@@ -36,7 +36,8 @@ def _linear_weights(n_in: int, n_out: int, start: int, count: int) -> tuple[np.n
     return i0, i1, (coord - i0).astype(np.float32)
 
 
-_SPLIT = 1 << 17  # output voxels from which an order-1 resize is split over two threads
+_SPLIT = 1 << 21  # output voxels from which an order-1 resize is split over two threads (a slab of the
+# pipeline's way back is not: its slabs run on two threads, one hand-over per case, not per slab and class)
 
 
 def linear_resize(img: np.ndarray, shape: Sequence[int], out: np.ndarray, start: int = 0) -> None:
