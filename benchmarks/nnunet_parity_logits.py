@@ -1,8 +1,11 @@
 """nnU-Net's own logits on its preprocessed grid, for the parity check. Runs in the nnU-Net venv only.
 
-    /work/nnunet-venv/bin/python benchmarks/nnunet_parity_logits.py MODEL_FOLDER OUT_DIR FOLDS CASE_ID:IMG0,IMG1 ...
+    /work/nnunet-venv/bin/python benchmarks/nnunet_parity_logits.py MODEL_FOLDER OUT_DIR FOLDS [--prev=DIR] \
+        CASE_ID:IMG0,IMG1 ...
 
-FOLDS is ``auto`` (every fold present, as nnU-Net's default) or a comma-separated list.
+FOLDS is ``auto`` (every fold present, as nnU-Net's default) or a comma-separated list. ``--prev`` (a
+cascade): the folder of the previous stage's predictions (``CASE_ID.nii.gz``), preprocessed with the images
+and appended one-hot, as ``nnUNetv2_predict -prev_stage_predictions`` does.
 
 For each case: nnU-Net's preprocessor (crop, normalise, resample), then
 ``predict_logits_from_preprocessed_data`` with the predictor's defaults (every fold, mirroring,
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 
 class _Float32Accumulation:
@@ -45,10 +49,18 @@ def main(argv: list[str]) -> int:
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=use_folds,
                                                    checkpoint_name="checkpoint_final.pth")
     pre = predictor.configuration_manager.preprocessor_class(verbose=False)
-    for spec in argv[3:]:
+    specs = argv[3:]
+    prev = None
+    if specs and specs[0].startswith("--prev="):
+        prev = Path(specs.pop(0)[len("--prev="):])
+    for spec in specs:
         case, files = spec.split(":", 1)
-        data, _, props = pre.run_case(files.split(","), None, predictor.plans_manager, predictor.configuration_manager,
-                                      predictor.dataset_json)
+        seg_file = str(prev / f"{case}.nii.gz") if prev is not None else None
+        data, seg, props = pre.run_case(files.split(","), seg_file, predictor.plans_manager,
+                                        predictor.configuration_manager, predictor.dataset_json)
+        if seg_file is not None:
+            one_hot = convert_labelmap_to_one_hot(seg[0], predictor.label_manager.foreground_labels, data.dtype)
+            data = np.vstack((data, one_hot))
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).numpy().astype(np.float32)
         np.save(out / f"{case}.npy", logits)
         predict_from_raw_data.torch = _Float32Accumulation()

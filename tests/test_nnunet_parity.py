@@ -58,7 +58,7 @@ DICE_FLOOR = {"brain-5fold": 0.9985, "brain-5fold-pp": 0.9985}
 
 
 def test_every_configuration_has_a_fixture() -> None:
-    assert {"brain-5fold", "brain-5fold-pp", "brain-fold0", "brats-regions", "kits-order"} <= set(ROWS)
+    assert {"brain-5fold", "brain-5fold-pp", "brain-fold0", "brats-regions", "kits-order", "brain-lowres"} <= set(ROWS)
 
 
 @pytest.mark.parametrize("key", sorted(ROWS))
@@ -67,12 +67,14 @@ def test_node_gives_what_nnunet_predict_gave(key: str, tmp_path: Path) -> None:
     folder = FIXTURES / row["model"]
     imported = import_nnunet(folder, folds=row["folds"] or None, postprocessing=row["postprocessing"])
     card = imported.card
-    assert card["mirror_axes"] == [0, 1, 2]  # nnU-Net's default test-time mirroring, from the checkpoint
+    # nnU-Net's default test-time mirroring, from the checkpoint (a 2d model: the two in-plane axes)
+    assert card["mirror_axes"] == row.get("mirror_axes", [0, 1, 2])
     if not row["folds"]:
         assert card["provenance"]["folds"] == sorted(p.name[5:] for p in folder.glob("fold_*"))
     assert bool(card["postprocessing"]["largest_component"]) == row["postprocessing"]
-    imported.export(tmp_path / "model.onnx")
+    imported.export(tmp_path / "model.onnx")  # a cascade: model.stage1.onnx beside it
     model = Model.load(tmp_path / "model.onnx", backend="onnxruntime")
+    assert (model.previous is not None) == ("previous_stage" in card["provenance"])
     for cid, c in row["cases"].items():
         expected = np.load(FIXTURES / "expected" / f"{key}_{cid}.npz")["labels"]
         labels = run(model, _volumes(_case(c))).labels
