@@ -72,6 +72,12 @@ def _run(args: argparse.Namespace) -> int:
          if card["mirror_axes"] else "off"),
         ("postprocessing", f"{card['postprocessing']['largest_component']} from {imported.postprocessing_file}"
          if imported.postprocessing_file else (card["postprocessing"]["largest_component"] or "none"))]
+    if imported.previous is not None:  # the cascade's first stage, written beside the model
+        first = report.path.with_name(f"{report.path.stem}.stage1.onnx")
+        summary["previous_stage"] = {"onnx": str(first), "configuration": imported.previous.config.configuration,
+                                     "folds": list(imported.previous.folds), "labels": list(imported.previous_labels)}
+        rows.append(("previous stage", f"{first} ({imported.previous.config.configuration}, folds "
+                     f"{', '.join(imported.previous.folds)}; labels {list(imported.previous_labels)} one-hot)"))
     rows += [(f"input {name}", rx) for name, rx in summary["card"]["inputs"].items()]
     if args.teacher_out:
         rows.append(("teacher checkpoint", summary["teacher"]))
