@@ -29,7 +29,6 @@ from pacsnode.inference.preprocessing import (
     revert_to_source,
 )
 from pacsnode.inference.sliding_window import predict_sliding_window
-from pacsnode.inference.threads import per_item
 from pacsnode.volume import Volume, resample_to_reference
 
 __all__ = ["Prediction", "run", "logits_to_labels", "network_input"]
@@ -84,8 +83,7 @@ def logits_to_labels(logits: np.ndarray, pre: Preprocessed, activation: str,
     inner = labels[sl]
     shape = pre.shape_after_crop
     if axis is None and tuple(logits.shape[1:]) != tuple(shape):
-        def slab(i: int) -> None:  # rows z0:z0+n of every class; slabs write disjoint rows
-            z0 = i * _SLAB
+        for z0 in range(0, shape[0], _SLAB):
             n = min(_SLAB, shape[0] - z0)
             part = inner[z0:z0 + n]
             buf = np.empty((n, *shape[1:]), dtype=np.float32)
@@ -101,8 +99,6 @@ def logits_to_labels(logits: np.ndarray, pre: Preprocessed, activation: str,
                 for c, value in enumerate(label_values):
                     _linear_slab(logits[c], shape, z0, buf)
                     part[buf > 0] = value
-
-        per_item(slab, -(-shape[0] // _SLAB))  # slabs on two threads (pacsnode.inference.threads)
         return labels
     buf = np.empty(shape, dtype=np.float32)
     if activation == "softmax":

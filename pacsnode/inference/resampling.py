@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pacsnode.inference.threads import split_rows
-
 __all__ = ["linear_resize", "one_blas_thread", "spline_matrix", "resample_image"]
 
 _NPAD = 12  # as scipy.ndimage.zoom pads before the spline prefilter in mode "nearest"
@@ -36,23 +34,9 @@ def _linear_weights(n_in: int, n_out: int, start: int, count: int) -> tuple[np.n
     return i0, i1, (coord - i0).astype(np.float32)
 
 
-_SPLIT = 1 << 21  # output voxels from which an order-1 resize is split over two threads (a slab of the
-# pipeline's way back is not: its slabs run on two threads, one hand-over per case, not per slab and class)
-
-
 def linear_resize(img: np.ndarray, shape: Sequence[int], out: np.ndarray, start: int = 0) -> None:
     """Order-1 grid-aligned resize (``ndimage.zoom(order=1, mode='nearest', grid_mode=True)``),
-    separable along each axis; ``out`` may hold rows ``start:start+len(out)`` of axis 0 only.
-    Each output row depends on its index alone, so halves of the rows run on two threads
-    (:func:`~pacsnode.inference.threads.split_rows`) with the same values."""
-
-    def rows(lo: int, hi: int) -> None:
-        _linear_rows(img, shape, out[lo:hi], start + lo)
-
-    split_rows(rows, out.shape[0], worth=out.size >= _SPLIT)
-
-
-def _linear_rows(img: np.ndarray, shape: Sequence[int], out: np.ndarray, start: int) -> None:
+    separable along each axis; ``out`` may hold rows ``start:start+len(out)`` of axis 0 only."""
     cur = img
     for axis in range(img.ndim):
         n_in, n_out = img.shape[axis], int(shape[axis])
