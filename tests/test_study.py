@@ -68,6 +68,11 @@ def test_study_writes_table_and_plots(micro: dict[str, Path]) -> None:
     assert "## Targets, as measured" in md
     assert "## Failed cases" in md and "| run | failed cases | shared with the teacher |" in md
     assert "Largest-component post-processing (label values): teacher: " in md
+    # the voxel baseline, fitted on the study's training cases, is a row of the table and its gate lines
+    baseline = json.loads((micro["work"] / "baseline" / "result.json").read_text())
+    assert baseline["test_cases"] == json.loads((micro["work"] / "results.json").read_text())["baseline"]["test_cases"]
+    assert "| voxel baseline (no network) | - | - | 0 | 0 | - |" in md
+    assert "- Gate, teacher ≥ 10 points above the voxel baseline: " in md
     for suffix in ("dice-params", "dice-latency", "curves"):
         png = micro["docs"] / f"micro-{suffix}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -125,3 +125,67 @@ def test_the_full_recipe_is_judged_and_the_ablation_listed_beside_it() -> None:
     assert ("(ahead on every region; paired by seed (0,1,2), KD ahead on: whole_tumor 3/3, tumor_core 3/3, "
             "enhancing 3/3)") in kd
     assert "sard:" not in kd  # one seed against three is not listed as a comparison
+
+
+def _with_cases(row: dict, offsets: list[float]) -> dict:
+    """``row`` with per-case Dice: case i is the row's Dice plus ``offsets[i]`` on every region."""
+    cases = {f"c{i}": {s: row["dice"][s] + o for s in REGIONS} for i, o in enumerate(offsets)}
+    return {**row, "case_dice": cases}
+
+
+def test_a_kd_lead_whose_interval_includes_zero_is_not_shown() -> None:
+    # KD ahead on every region by its means, but seed 1 reverses it: the paired interval spans 0
+    noise = [0.0, 0.05, -0.05, 0.02, -0.02, 0.0]
+    rows = [TEACHER,
+            _with_cases(_row("student", 0.25, "none", 0, (0.80, 0.80, 0.80), 2.0), noise),
+            _with_cases(_row("student", 0.25, "none", 1, (0.90, 0.90, 0.90), 2.0), noise),
+            _with_cases(_row("student", 0.25, "logit", 0, (0.95, 0.95, 0.95), 2.0), noise),
+            _with_cases(_row("student", 0.25, "logit", 1, (0.86, 0.86, 0.86), 2.0), noise)]
+    kd = targets(summarise(rows), rows)[1]
+    assert "**not shown**" in kd and "the interval includes 0" in kd
+    assert "KD − no KD at 1/4, mean Dice: +0.055 [" in kd and "2 seeds × 6 cases" in kd
+
+
+def test_a_kd_lead_with_its_interval_above_zero_is_met() -> None:
+    noise = [0.0, 0.01, -0.01, 0.02, -0.02, 0.0]
+    rows = [TEACHER, *[_with_cases(_row("student", 0.25, "none", s, (0.80, 0.80, 0.80), 2.0), noise)
+                       for s in range(3)],
+            *[_with_cases(_row("student", 0.25, "logit", s, (0.90, 0.90, 0.90), 2.0), noise) for s in range(3)]]
+    kd = targets(summarise(rows), rows)[1]
+    assert "**met**" in kd and "+0.100 [0.100, 0.100]" in kd
+
+
+def test_rows_without_per_case_results_say_there_is_no_interval() -> None:
+    rows = [TEACHER, *[_row("student", 0.25, "none", s, (0.80, 0.80, 0.80), 2.0) for s in range(2)],
+            *[_row("student", 0.25, "logit", s, (0.90, 0.90, 0.90), 2.0) for s in range(2)]]
+    kd = targets(summarise(rows), rows)[1]
+    assert "No interval: mean_dice needs per-case results" in kd and "**met**" in kd
+
+
+BASELINE = {"params": {"seed": 0}, "train_cases": 8, "test_cases": 4,
+            "dice_per_region": {"whole_tumor": 0.30, "tumor_core": 0.20, "enhancing": 0.10},
+            "dice_per_label": {"edema": 0.4}}
+
+
+@pytest.mark.parametrize(("student", "passed"), [(0.85, (True, True)), (0.90, (True, False))])
+def test_the_gate_compares_the_teacher_with_the_baseline_and_the_no_kd_student(student: float,
+                                                                             passed: tuple[bool, bool]) -> None:
+    rows = [TEACHER, _row("student", 0.25, "none", 0, (student,) * 3, 2.0)]
+    gate = targets(summarise(rows), rows, BASELINE)[-2:]
+    assert "0.930 vs 0.200 = +73.0 points" in gate[0] and "**passed**" in gate[0]
+    assert f"0.930 vs {student:.3f} = {100 * (0.93 - student):+.1f} points" in gate[1]
+    assert ("**passed**" in gate[1]) is passed[1] and ("**not passed**" in gate[1]) is not passed[1]
+
+
+def test_a_label_budget_is_an_arm_of_its_own_and_the_baseline_a_row() -> None:
+    from distillation.study.report import _table
+
+    rows = [TEACHER, _row("student", 0.25, "logit", 0, (0.90,) * 3, 2.0),
+            {**_row("student", 0.25, "logit", 0, (0.60,) * 3, 2.0), "label_budget": 8}]
+    entries = summarise(rows)
+    assert [(e["kd"], e["label_budget"], e["mean_dice"][0]) for e in entries[1:]] == [
+        ("logit", None, pytest.approx(0.90)), ("logit", 8, pytest.approx(0.60))]
+    table = _table(entries, BASELINE)
+    assert "| logit (8 labelled cases) |" in table[-2]
+    assert table[-1].startswith("| voxel baseline (no network) | - | - | 0 | 0 | - | 0.300 | 0.200 | 0.100 | 0.200 |")
+    assert "21.5 %" in table[-1]

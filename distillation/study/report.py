@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distillation.study.baseline_row import load_baseline
 from distillation.study.config import StudyConfig
 from distillation.study.failures import failure_lines
 
@@ -38,13 +39,14 @@ def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (role, width, kd): means and spreads over seeds of every measured field."""
-    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["role"], float(r["width"]), r["kd"]), []).append(r)
+    groups: dict[tuple[str, float, str, int | None], list[dict[str, Any]]] = {}
+    for r in rows:  # a label budget is an arm of its own (docs/label-free.md), never pooled with full labels
+        groups.setdefault((r["role"], float(r["width"]), r["kd"], r.get("label_budget")), []).append(r)
     out = []
-    for (role, width, kd), rs in groups.items():
+    for (role, width, kd, budget), rs in groups.items():
         structures = rs[0]["structures"]
-        entry: dict[str, Any] = {"role": role, "width": width, "kd": kd, "seeds": sorted(r["seed"] for r in rs),
+        entry: dict[str, Any] = {"role": role, "width": width, "kd": kd, "label_budget": budget,
+                                 "seeds": sorted(r["seed"] for r in rs),
                                  "structures": structures, "parameters": rs[0]["parameters"],
                                  "gflops_per_window": rs[0]["gflops_per_window"]}
         for field in ("mean_dice", "latency_window_s", "latency_case_s", "final_val_dice", "val_case_dice",
@@ -57,7 +59,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(entry)
     order = {"teacher": 0, "student": 1}
     kd_order = ["none", "logit", "sard", "ca", "logit+sard+ca"]
-    out.sort(key=lambda e: (order[e["role"]], -e["width"], kd_order.index(e["kd"]) if e["kd"] in kd_order else 9))
+    out.sort(key=lambda e: (order[e["role"]], -e["width"], e["label_budget"] is not None, e["label_budget"] or 0,
+                            kd_order.index(e["kd"]) if e["kd"] in kd_order else 9, e["kd"]))
     return out
 
 
@@ -136,11 +139,14 @@ def _no_kd(students: Sequence[dict[str, Any]], width: float) -> dict[str, Any] |
     return next((e for e in students if abs(e["width"] - width) < 1e-9 and e["kd"] == "none"), None)
 
 
-def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """The issue's three targets, each as a measured sentence (met / not met / not measured)."""
+def targets(entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = (),
+            baseline: dict[str, Any] | None = None) -> list[str]:
+    """The targets, each as a measured sentence (met / not met / not measured); with the rows' per-case
+    results a KD-vs-no-KD verdict also needs its paired interval to exclude 0; with the voxel baseline,
+    the pilot gate's two margins (docs/study.md) close the list."""
     lines: list[str] = []
     teacher = next((e for e in entries if e["role"] == "teacher"), None)
-    students = [e for e in entries if e["role"] == "student"]
+    students = [e for e in entries if e["role"] == "student" and e.get("label_budget") is None]
     if teacher is None or teacher["mean_dice"][0] is None:
         return ["Targets not evaluated: the teacher has not been evaluated yet."]
     t_dice, t_case = teacher["mean_dice"][0], teacher["latency_case_s"][0]
@@ -175,8 +181,10 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
                 ahead = "ahead on every region" if o_wins else "not ahead on every region"
                 counts = _paired_counts(e, none)
                 also.append(f"{e['kd']}: {'; '.join(o_per)} ({ahead}{'; paired by seed ' + counts if counts else ''})")
+        interval, shown = _interval(rows, best, none)
+        verdict = "met" if wins and shown is not False else "not shown" if wins else "not met"
         lines.append(f"- KD beats no KD at width {_width(width)} on each region (KD run = {best['kd']}, {why}; "
-                     f"{seeds}): {'; '.join(per)} → **{'met' if wins else 'not met'}**.{caveat}{_paired(best, none)}"
+                     f"{seeds}): {'; '.join(per)} → **{verdict}**.{caveat}{_paired(best, none)}{interval}"
                      + (f" Over the same seeds, {' — '.join(also)}." if also else ""))
     quarter = [e for e in students if abs(e["width"] - 0.25) < 1e-9 and e["latency_case_s"][0] is not None]
     if quarter and t_case:
@@ -186,10 +194,50 @@ def targets(entries: Sequence[dict[str, Any]]) -> list[str]:
                      f"= {100 * cut:.0f} % lower → **{'met' if cut >= 0.67 else 'not met'}**.")
     else:
         lines.append("- CPU latency at width 1/4 vs teacher: not measured.")
+    if baseline is not None:
+        lines += gate_lines(teacher, _no_kd(students, 0.25), baseline)
     return lines
 
 
-def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
+def _interval(rows: Sequence[dict[str, Any]], kd: dict[str, Any], none: dict[str, Any]) -> tuple[str, bool | None]:
+    """The paired hierarchical-bootstrap claim for KD − no KD (mean Dice) and whether its interval lies
+    above 0; ``("", None)`` without per-case results or two shared seeds, said in the text."""
+    from distillation.study.analysis import compare
+
+    if len(set(kd["seeds"]) & set(none["seeds"])) < 2:
+        return " No interval: fewer than two seeds shared with no KD.", None
+    try:
+        interval, text = compare(rows, (kd["width"], kd["kd"]), (none["width"], "none"),
+                                 label=f"KD − no KD at {_width(kd['width'])}, mean Dice")
+    except ValueError as exc:
+        return f" No interval: {exc}.", None
+    return f" {text}" + ("" if interval.low > 0 else ": the interval includes 0") + ".", interval.low > 0
+
+
+def gate_lines(teacher: dict[str, Any], none: dict[str, Any] | None, baseline: dict[str, Any]) -> list[str]:
+    """The pilot gate (issue 23): the teacher ≥ 10 Dice points above the voxel baseline and ≥ 5 above the
+    width-1/4 student without KD (mean Dice over the table's structures, held-out means)."""
+    from distillation.study.baseline_row import baseline_dice
+
+    t = teacher["mean_dice"][0]
+    _, b = baseline_dice(baseline, teacher["structures"])
+    out = []
+    if b is None:
+        out.append("- Gate, teacher vs voxel baseline: not measured (the baseline lacks the table's structures).")
+    else:
+        out.append(f"- Gate, teacher ≥ 10 points above the voxel baseline: {t:.3f} vs {b:.3f} = "
+                   f"{100 * (t - b):+.1f} points → **{'passed' if t - b >= 0.10 else 'not passed'}**.")
+    if none is None or none["mean_dice"][0] is None:
+        out.append("- Gate, teacher vs width-1/4 student without KD: not measured.")
+    else:
+        n = none["mean_dice"][0]
+        out.append(f"- Gate, teacher ≥ 5 points above the width-1/4 student without KD (seeds "
+                   f"{','.join(map(str, none['seeds']))}): {t:.3f} vs {_fmt(none['mean_dice'])} = "
+                   f"{100 * (t - n):+.1f} points → **{'passed' if t - n >= 0.05 else 'not passed'}**.")
+    return out
+
+
+def _table(entries: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None) -> list[str]:
     structures = entries[0]["structures"] if entries else []
     head = ["model", "width", "KD", "seeds", "parameters", "GFLOPs/window"]
     head += [f"Dice {s}" for s in structures] + ["mean Dice", "% of teacher"]
@@ -202,7 +250,8 @@ def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         train = e["train_seconds"]
-        cells = [e["role"], _width(e["width"]), e["kd"], ",".join(str(s) for s in e["seeds"]),
+        kd = e["kd"] + (f" ({e['label_budget']} labelled cases)" if e.get("label_budget") is not None else "")
+        cells = [e["role"], _width(e["width"]), kd, ",".join(str(s) for s in e["seeds"]),
                  f"{e['parameters']:,}", f"{e['gflops_per_window']:.2f}"]
         dice, case = e["mean_dice"][0], e["latency_case_s"][0]
         cells += [_fmt(e["dice"][s]) for s in structures] + [_fmt(e["mean_dice"])]
@@ -213,6 +262,15 @@ def _table(entries: Sequence[dict[str, Any]]) -> list[str]:
         cells += [_fmt(e["final_val_dice"]), _fmt(e["val_case_dice"]),
                   _fmt((train[0] / 60 if train[0] is not None else None,
                         train[1] / 60 if train[1] is not None else None), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if baseline is not None:
+        from distillation.study.baseline_row import baseline_dice
+
+        dice, mean = baseline_dice(baseline, list(structures))
+        cells = ["voxel baseline (no network)", "-", "-", str(baseline["params"]["seed"]), "0", "-"]
+        cells += [_fmt((dice[s], None)) for s in structures] + [_fmt((mean, None))]
+        cells += [f"{100 * mean / t_dice:.1f} %" if mean is not None and t_dice else "n/a"]
+        cells += ["-"] * (len(head) - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -287,6 +345,7 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
     """Write ``docs/<stem>.md`` (with ``docs/<stem>-notes.md`` appended if present) and the plots."""
     docs.mkdir(parents=True, exist_ok=True)
     entries = summarise(rows)
+    baseline = load_baseline(work)
     plots = _plots(config, entries, docs) if entries else []
     d, t, ev = config.dataset, config.training, config.evaluation
     lines = [f"# {config.report.title}", "", config.description.strip(), "",
@@ -310,7 +369,11 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
              "the mean over labels of the Dice on the run's own validation cases, whole cases through the node "
              "with its post-processing (never the held-out cases: what a model may be chosen on).", ""]
     if entries:
-        lines += ["## Results", ""] + _table(entries) + [""]
+        lines += ["## Results", ""] + _table(entries, baseline) + [""]
+        if baseline is not None:
+            lines += [f"The voxel baseline: `distill baseline` (gradient boosting on voxel features, no network; "
+                      f"docs/benchmark.md), fitted on the {baseline['train_cases']} training cases and scored on the "
+                      f"same {baseline['test_cases']} held-out cases as every network here.", ""]
         lcc = [f"{r['run']}: {', '.join(map(str, r['largest_component'])) or 'none'}" for r in rows
                if "largest_component" in r]
         if lcc:
@@ -327,7 +390,7 @@ def write_report(config: StudyConfig, rows: Sequence[dict[str, Any]], pending: S
         if loads:
             lines += [f"Load average (1 min) while timing: {min(loads):.1f}–{max(loads):.1f} on "
                       f"{os.cpu_count()} CPUs (shared machine: latencies are indicative).", ""]
-        lines += ["## Targets, as measured", ""] + targets(entries) + [""]
+        lines += ["## Targets, as measured", ""] + targets(entries, rows, baseline) + [""]
         failures = failure_lines(rows)
         if failures:
             lines += ["## Failed cases", ""] + failures

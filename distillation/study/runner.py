@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from distillation.study.baseline_row import ensure_baseline, load_baseline
 from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
 from pacsnode.errors import ConfigError
 
@@ -354,6 +355,8 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
+        if measure:
+            ensure_baseline(work, dataset)
         if earlier is not None:
             _check_same_teacher(json.loads((teacher_dir / RESULT).read_text(encoding="utf-8")), earlier["teacher"],
                                 Path(results))
@@ -481,7 +484,7 @@ def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str],
         names = {r["run"] for r in rows}
         rows = sorted(rows + [r for n, r in earlier.items() if n in known and n not in names],
                       key=lambda r: (r["role"] != "teacher", r["run"]))
-    payload = {"study": config.to_json(), "rows": rows, "pending": pending}
+    payload = {"study": config.to_json(), "rows": rows, "pending": pending, "baseline": load_baseline(work)}
     _atomic_json(work / "results.json", payload)
     docs.mkdir(parents=True, exist_ok=True)
     _atomic_json(results_path(config, docs), payload)
