@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Interval", "ArmData", "arm_data", "paired", "hierarchical_bootstrap", "pilot_spread",
+__all__ = ["Interval", "ArmData", "arm_data", "paired", "hierarchical_bootstrap", "pilot_spread", "interval_sentence",
            "seeds_needed", "detectable_effect", "claim", "compare", "DETECTION_METRICS", "main"]
 
 DETECTION_METRICS = {"small_lesion_f1": "small", "lesion_f1": "all"}
@@ -300,6 +300,19 @@ def compare(rows: Sequence[Mapping[str, Any]], a: Arm, b: Arm, *, metric: str = 
     arm_a, arm_b = paired(_read_arm(rows, a, metric), _read_arm(rows, b, metric))
     interval = hierarchical_bootstrap(arm_a, arm_b, level=level, replicates=replicates, seed=seed)
     return interval, claim(label or f"{arm_a.label} − {arm_b.label}, {metric}", interval)
+
+
+def interval_sentence(rows: Sequence[dict[str, Any]], kd: dict[str, Any], none: dict[str, Any]) -> tuple[str, bool | None]:
+    """The paired hierarchical-bootstrap claim for KD − no KD (mean Dice) and whether its interval lies
+    above 0; ``("", None)`` without per-case results or two shared seeds, said in the text."""
+    if len(set(kd["seeds"]) & set(none["seeds"])) < 2:
+        return " No interval: fewer than two seeds shared with no KD.", None
+    try:
+        interval, text = compare(rows, (kd["width"], kd["kd"]), (none["width"], "none"),
+                                 label=f"KD − no KD at 1/{round(1 / kd['width']):d}, mean Dice")
+    except ValueError as exc:
+        return f" No interval: {exc}.", None
+    return f" {text}" + ("" if interval.low > 0 else ": the interval includes 0") + ".", interval.low > 0
 
 
 def _arm(text: str) -> tuple[float, str, int | None]:

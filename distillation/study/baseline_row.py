@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 from pathlib import Path
 from typing import Any
+
+from distillation.study.files import atomic_json
 
 __all__ = ["BASELINE_RESULT", "ensure_baseline", "load_baseline", "baseline_dice"]
 
@@ -38,9 +39,7 @@ def ensure_baseline(work: Path, dataset: Path) -> dict[str, Any]:
     result = evaluate_dataset(dataset)
     path = Path(work) / BASELINE_RESULT
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_json(path, result)
     return result
 
 

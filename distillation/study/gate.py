@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from distillation.study.analysis import arm_data, claim, hierarchical_bootstrap
+from distillation.study.baseline_row import baseline_dice
 
-__all__ = ["BASELINE_MARGIN", "STUDENT_MARGIN", "gate", "main"]
+__all__ = ["BASELINE_MARGIN", "STUDENT_MARGIN", "gate", "gate_lines", "main"]
 
 BASELINE_MARGIN = 0.10
 STUDENT_MARGIN = 0.05
@@ -66,6 +67,28 @@ def gate(results: Mapping[str, Any], width: float = 0.25, seed: int = 0) -> dict
         out[name] = {**interval.to_dict(), "margin": margin, "passed": interval.estimate >= margin,
                      "claim": claim(f"{what}, mean Dice", interval)}
     out["passed"] = out["teacher_vs_baseline"]["passed"] and out["teacher_vs_student"]["passed"]
+    return out
+
+
+def gate_lines(teacher: dict[str, Any], none: dict[str, Any] | None, baseline: dict[str, Any]) -> list[str]:
+    """The pilot gate (issue 23): the teacher ≥ 10 Dice points above the voxel baseline and ≥ 5 above the
+    width-1/4 student without KD (mean Dice over the table's structures, held-out means)."""
+    t = teacher["mean_dice"][0]
+    _, b = baseline_dice(baseline, teacher["structures"])
+    out = []
+    if b is None:
+        out.append("- Gate, teacher vs voxel baseline: not measured (the baseline lacks the table's structures).")
+    else:
+        out.append(f"- Gate, teacher ≥ 10 points above the voxel baseline: {t:.3f} vs {b:.3f} = "
+                   f"{100 * (t - b):+.1f} points → **{'passed' if t - b >= 0.10 else 'not passed'}**.")
+    if none is None or none["mean_dice"][0] is None:
+        out.append("- Gate, teacher vs width-1/4 student without KD: not measured.")
+    else:
+        n, spread = none["mean_dice"]
+        sd = f" ± {spread:.3f}" if spread is not None else ""
+        out.append(f"- Gate, teacher ≥ 5 points above the width-1/4 student without KD (seeds "
+                   f"{','.join(map(str, none['seeds']))}): {t:.3f} vs {n:.3f}{sd} = "
+                   f"{100 * (t - n):+.1f} points → **{'passed' if t - n >= 0.05 else 'not passed'}**.")
     return out
 
 

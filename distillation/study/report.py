@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distillation.study.analysis import interval_sentence
 from distillation.study.baseline_row import load_baseline
 from distillation.study.config import StudyConfig
 from distillation.study.failures import failure_lines
+from distillation.study.gate import gate_lines
 
 __all__ = ["summarise", "targets", "write_report", "TABLE_COLUMNS"]
 
@@ -181,7 +183,7 @@ def targets(entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = 
                 ahead = "ahead on every region" if o_wins else "not ahead on every region"
                 counts = _paired_counts(e, none)
                 also.append(f"{e['kd']}: {'; '.join(o_per)} ({ahead}{'; paired by seed ' + counts if counts else ''})")
-        interval, shown = _interval(rows, best, none)
+        interval, shown = interval_sentence(rows, best, none)
         verdict = "met" if wins and shown is not False else "not shown" if wins else "not met"
         lines.append(f"- KD beats no KD at width {_width(width)} on each region (KD run = {best['kd']}, {why}; "
                      f"{seeds}): {'; '.join(per)} → **{verdict}**.{caveat}{_paired(best, none)}{interval}"
@@ -197,44 +199,6 @@ def targets(entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = 
     if baseline is not None:
         lines += gate_lines(teacher, _no_kd(students, 0.25), baseline)
     return lines
-
-
-def _interval(rows: Sequence[dict[str, Any]], kd: dict[str, Any], none: dict[str, Any]) -> tuple[str, bool | None]:
-    """The paired hierarchical-bootstrap claim for KD − no KD (mean Dice) and whether its interval lies
-    above 0; ``("", None)`` without per-case results or two shared seeds, said in the text."""
-    from distillation.study.analysis import compare
-
-    if len(set(kd["seeds"]) & set(none["seeds"])) < 2:
-        return " No interval: fewer than two seeds shared with no KD.", None
-    try:
-        interval, text = compare(rows, (kd["width"], kd["kd"]), (none["width"], "none"),
-                                 label=f"KD − no KD at {_width(kd['width'])}, mean Dice")
-    except ValueError as exc:
-        return f" No interval: {exc}.", None
-    return f" {text}" + ("" if interval.low > 0 else ": the interval includes 0") + ".", interval.low > 0
-
-
-def gate_lines(teacher: dict[str, Any], none: dict[str, Any] | None, baseline: dict[str, Any]) -> list[str]:
-    """The pilot gate (issue 23): the teacher ≥ 10 Dice points above the voxel baseline and ≥ 5 above the
-    width-1/4 student without KD (mean Dice over the table's structures, held-out means)."""
-    from distillation.study.baseline_row import baseline_dice
-
-    t = teacher["mean_dice"][0]
-    _, b = baseline_dice(baseline, teacher["structures"])
-    out = []
-    if b is None:
-        out.append("- Gate, teacher vs voxel baseline: not measured (the baseline lacks the table's structures).")
-    else:
-        out.append(f"- Gate, teacher ≥ 10 points above the voxel baseline: {t:.3f} vs {b:.3f} = "
-                   f"{100 * (t - b):+.1f} points → **{'passed' if t - b >= 0.10 else 'not passed'}**.")
-    if none is None or none["mean_dice"][0] is None:
-        out.append("- Gate, teacher vs width-1/4 student without KD: not measured.")
-    else:
-        n = none["mean_dice"][0]
-        out.append(f"- Gate, teacher ≥ 5 points above the width-1/4 student without KD (seeds "
-                   f"{','.join(map(str, none['seeds']))}): {t:.3f} vs {_fmt(none['mean_dice'])} = "
-                   f"{100 * (t - n):+.1f} points → **{'passed' if t - n >= 0.05 else 'not passed'}**.")
-    return out
 
 
 def _table(entries: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None) -> list[str]:

@@ -46,7 +46,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Sequence
@@ -56,22 +55,17 @@ from typing import Any
 
 from distillation.study.baseline_row import ensure_baseline, load_baseline
 from distillation.study.config import KD_RECIPES, RunKey, StudyConfig
+from distillation.study.files import FINAL, LATEST, PLAN, RESULT, atomic_json
+from distillation.study.score import measure_run
 from pacsnode.errors import ConfigError
 
-__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path",
-           "validation_case_dice", "environment"]
+__all__ = ["StudyResult", "run_study", "dataset_dir", "collect_rows", "make_preset", "results_path"]
 
 log = logging.getLogger(__name__)
 
-FINAL = "checkpoint_final.pt"
-LATEST = "checkpoint_latest.pt"
-PLAN = "checkpoint_plan.pt"  # a copy of the teacher's latest checkpoint, for no-KD students (plan only)
-RESULT = "result.json"
 TEACHER_MATCH = 1e-3  # a retrained teacher is the file's when each region's mean Dice and its val Dice agree this well
 
 _PHANTOM_DATASETS = {"brain": (501, "BrainTumorPhantom"), "ct": (502, "AbdomenCTPhantom")}
-STUDY_INTENDED_USE = ("Research only: a distillation-study model trained on synthetic phantoms. "
-                      "Not for clinical use.")
 
 
 @dataclass(frozen=True)
@@ -91,18 +85,6 @@ def results_path(config: StudyConfig, docs: Path) -> Path:
 def dataset_dir(config: StudyConfig, work: Path) -> Path:
     dataset_id, name = _PHANTOM_DATASETS[config.dataset.kind]
     return work / "data" / f"Dataset{dataset_id:03d}_{name}"
-
-
-def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing WORK (--runs) never collide
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _ensure_dataset(config: StudyConfig, work: Path) -> Path:
@@ -151,150 +133,6 @@ def _train(kind: str, out: Path, fn: Any) -> float:
     return time.perf_counter() - t0
 
 
-def _training_summary(out: Path) -> dict[str, Any]:
-    path = out / "metrics.json"
-    if not path.is_file():
-        return {}
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    epochs = metrics.get("epochs", [])
-    val = [r for r in epochs if "val_dice" in r]
-    return {"epochs": len(epochs), "train_seconds": sum(float(r.get("epoch_seconds", 0.0)) for r in epochs),
-            "final_val_dice": val[-1]["val_dice"] if val else None,
-            "curve": [{"epoch": r["epoch"], "train_total": r.get("train_total"), "val_dice": r.get("val_dice")}
-                      for r in epochs]}
-
-
-def _export(checkpoint: Path, onnx_path: Path, name: str, provenance: dict[str, Any],
-            largest_component: list[int] | None = None) -> None:
-    from distillation.checkpoint import load_checkpoint
-    from distillation.evaluate.postprocessing import card_with_postprocessing
-    from distillation.export import export_onnx
-
-    ck = load_checkpoint(checkpoint)
-    card = card_with_postprocessing(ck.card, largest_component or [])
-    card["name"] = name
-    card["intended_use"] = STUDY_INTENDED_USE
-    card["provenance"] = {**dict(card.get("provenance") or {}), **provenance}
-    export_onnx(ck.build_network(deep_supervision=False), card, onnx_path)
-
-
-def _postprocessing(config: StudyConfig, run_dir: Path, dataset: Path, name: str,
-                    provenance: dict[str, Any]) -> dict[str, Any]:
-    """The run's post-processing, chosen once on its own validation cases (``postprocessing.json``)."""
-    from distillation.checkpoint import load_checkpoint
-    from distillation.evaluate.postprocessing import decide_postprocessing
-
-    path = run_dir / "postprocessing.json"
-    if not path.is_file():
-        val = list((load_checkpoint(run_dir / FINAL).extra.get("split") or {}).get("val") or [])
-        if config.evaluation.choose_postprocessing and val:
-            bare = run_dir / "model-no-postprocessing.onnx"
-            _export(run_dir / FINAL, bare, name, provenance)
-            decision = decide_postprocessing(bare, dataset, val, threads=config.evaluation.threads)
-            bare.unlink()
-        else:
-            decision = {"largest_component": [], "cases": val,
-                        "rule": "none (switched off)" if val else "none (the run has no validation cases)"}
-        for stale in ("model.onnx", "evaluation.json", "latency.json", RESULT):  # made before the decision
-            (run_dir / stale).unlink(missing_ok=True)
-        _atomic_json(path, decision)
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def validation_case_dice(post: dict[str, Any]) -> float | None:
-    """The run's mean Dice over labels on its own validation cases (whole cases through the node's
-    inference, with the post-processing chosen on them), from its ``postprocessing.json``; a selector
-    that never looks at the held-out cases (``None`` without validation cases)."""
-    per_label = post.get("dice") or {}
-    kept = {int(v) for v in post.get("largest_component") or []}
-    values = [after if int(label) in kept else before for label, (before, after) in per_label.items()]
-    return sum(values) / len(values) if values else None
-
-
-def environment() -> dict[str, str]:
-    """What a run's numbers depend on beyond its preset: the libraries and the CPU. Training is
-    bit-for-bit repeatable where these are the same (same seed, same data); elsewhere it is not."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    env = {"python": platform.python_version(), "cpu": _cpu()}
-    for package in ("torch", "numpy", "scipy", "monai", "nilearn", "onnxruntime"):
-        try:
-            env[package] = version(package)
-        except PackageNotFoundError:
-            env[package] = "not installed"
-    return env
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-    name = fields.get("model name", platform.machine())
-    flags = fields.get("flags", "").split()
-    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
-    return f"{name} ({simd}, {os.cpu_count()} CPUs)" if simd else f"{name} ({os.cpu_count()} CPUs)"
-
-
-def _measure(config: StudyConfig, run_dir: Path, dataset: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """Export, evaluate and time one trained run; writes and returns its ``result.json`` row."""
-    from distillation.evaluate import evaluate_model
-    from distillation.study.measure import latency, network_cost
-
-    ckpt = run_dir / FINAL
-    cost = network_cost(ckpt)
-    onnx_path = run_dir / "model.onnx"
-    name = f"{config.name}-{row['run']}"
-    provenance = {"width_factor": row["width"], "kd_method": row["kd"], "parameters": cost["parameters"],
-                  "dataset": dataset.name}
-    post = _postprocessing(config, run_dir, dataset, name, provenance)
-    if not onnx_path.is_file():
-        _export(ckpt, onnx_path, name, provenance, post["largest_component"])
-    ev = config.evaluation
-    eval_path = run_dir / "evaluation.json"
-    if not eval_path.is_file():
-        evaluate_model(onnx_path, dataset, "Ts", threads=ev.threads, limit=ev.limit or None,
-                       progress=False).write(eval_path)
-    evaluation = json.loads(eval_path.read_text(encoding="utf-8"))
-    lat_path = run_dir / "latency.json"
-    if not lat_path.is_file():
-        _atomic_json(lat_path, latency(onnx_path, dataset, threads=ev.threads, cases=ev.latency_cases,
-                                       windows=ev.latency_windows))
-    lat = json.loads(lat_path.read_text(encoding="utf-8"))
-    summary = evaluation["summary"]
-    structures = list(evaluation["settings"].get("regions") or {}) or list(summary)
-    dice = {s: summary[s]["dice"]["mean"] for s in structures}
-    hd95 = {s: summary[s]["hd95"]["mean"] for s in structures}
-    hd95_inf = {s: summary[s]["hd95"].get("n_inf", 0) for s in structures}
-    finite = [v for v in dice.values() if v is not None]
-    row = {**row, **cost, "structures": structures, "dice": dice, "hd95": hd95, "hd95_n_inf": hd95_inf,
-           "mean_dice": sum(finite) / len(finite) if finite else None, "cases": len(evaluation["cases"]),
-           "latency_window_s": lat["window_seconds"], "latency_case_s": lat["case_seconds"],
-           "latency_case_network_s": lat["case_network_seconds"], "windows_per_case": lat["windows_per_case"],
-           "threads": lat["threads"], "load_average_1min": lat["load_average_1min"],
-           "largest_component": post["largest_component"], "val_case_dice": validation_case_dice(post),
-           "case_dice": {case: {s: m[s].get("dice") for s in structures if s in m}
-                         for case, m in sorted(evaluation["cases"].items())},
-           "case_hd95": {case: {s: m[s].get("hd95") for s in structures if s in m}
-                         for case, m in sorted(evaluation["cases"].items())},
-           **_lesion_fields(evaluation),
-           **_training_summary(run_dir), "model": str(onnx_path), "environment": environment()}
-    _atomic_json(run_dir / RESULT, row)
-    return row
-
-
-def _lesion_fields(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Lesion-wise detection of a row (pooled F1 over all and over small lesions, the per-case counts,
-    the rule); nothing for a model without lesion labels or an evaluation written before it was measured."""
-    lesions = evaluation.get("lesions") or {}
-    if not lesions:
-        return {}
-    return {"lesion_f1": lesions["summary"]["all"]["f1"], "small_lesion_f1": lesions["summary"]["small"]["f1"],
-            "lesion_settings": lesions["settings"],
-            "case_lesions": {case: {k: d[k] for k in ("all", "small")} for case, d in lesions["cases"].items()}}
-
-
 def collect_rows(work: Path) -> list[dict[str, Any]]:
     """Every finished row under WORK (teacher first, then students by name)."""
     rows = []
@@ -328,7 +166,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
                           f"got {', '.join(unknown)}")
     work, docs = Path(work), Path(docs)
     work.mkdir(parents=True, exist_ok=True)
-    _atomic_json(work / "study.json", config.to_json())
+    atomic_json(work / "study.json", config.to_json())
     earlier = _read_results(config, Path(results)) if results is not None else None
     pending: list[str] = []
     dataset = dataset_dir(config, work)
@@ -352,7 +190,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             if src_metrics.is_file() and not (teacher_dir / "metrics.json").exists():
                 (teacher_dir / "metrics.json").symlink_to(src_metrics.resolve())
         if (measure or earlier is not None) and not (teacher_dir / RESULT).is_file():
-            _measure(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
+            measure_run(config, teacher_dir, dataset, {"run": "teacher", "role": "teacher", "width": 1.0,
                                                     "kd": "-", "seed": config.students.seeds[0],
                                                     "teacher_checkpoint": str(teacher_ckpt)})
         if measure:
@@ -376,7 +214,7 @@ def run_study(config: StudyConfig, work: str | Path, docs: str | Path, *, teache
             if not measure:
                 pending.append(key.name)
                 continue
-            _measure(config, out, dataset, _student_row(key))
+            measure_run(config, out, dataset, _student_row(key))
             _report(config, work, docs, _not_done(config, work))  # an interrupted study still has a report
         return _report(config, work, docs, pending)
     return _report(config, work, docs, _not_done(config, work, earlier), earlier)
@@ -418,7 +256,7 @@ def _train_from_plan(config: StudyConfig, work: Path, docs: Path, only: Sequence
         if key.name in only and not (out / RESULT).is_file():
             _train_student(config, key, out, plan, dataset)
             if measure:
-                _measure(config, out, dataset, _student_row(key))
+                measure_run(config, out, dataset, _student_row(key))
     return _report(config, work, docs, _not_done(config, work))
 
 
@@ -447,7 +285,7 @@ def _keep_rows(config: StudyConfig, work: Path, earlier: dict[str, dict[str, Any
         row, out = earlier.get(key.name), work / "students" / key.name
         if row is not None and not (out / RESULT).is_file() and not (out / LATEST).is_file():
             out.mkdir(parents=True, exist_ok=True)
-            _atomic_json(out / RESULT, row)
+            atomic_json(out / RESULT, row)
 
 
 def _check_same_teacher(ours: dict[str, Any], earlier: dict[str, Any], results: Path) -> None:
@@ -485,9 +323,9 @@ def _report(config: StudyConfig, work: Path, docs: Path, pending: list[str],
         rows = sorted(rows + [r for n, r in earlier.items() if n in known and n not in names],
                       key=lambda r: (r["role"] != "teacher", r["run"]))
     payload = {"study": config.to_json(), "rows": rows, "pending": pending, "baseline": load_baseline(work)}
-    _atomic_json(work / "results.json", payload)
+    atomic_json(work / "results.json", payload)
     docs.mkdir(parents=True, exist_ok=True)
-    _atomic_json(results_path(config, docs), payload)
+    atomic_json(results_path(config, docs), payload)
     markdown, plots = write_report(config, rows, pending, docs, work)
     return StudyResult(rows=rows, pending=pending, results_json=work / "results.json", markdown=markdown,
                        plots=plots)
