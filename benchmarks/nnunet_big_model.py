@@ -65,7 +65,7 @@ def export(work: Path, width: float, folds: int, window: int, out: Path) -> None
     _record(row, out)
 
 
-def load(work: Path, backend: str, out: Path) -> None:
+def load(work: Path, backend: str, out: Path, size: int | None = None) -> None:
     from pacsnode.inference import Model
 
     row: dict = {"step": "load+window", "backend": backend, "load_before": _load()}
@@ -73,10 +73,11 @@ def load(work: Path, backend: str, out: Path) -> None:
     model = Model.load(work / f"{NAME}.onnx", threads=2, backend=backend, precision="fp32")
     row.update(load_seconds=round(time.perf_counter() - t0, 1), peak_rss_after_load_mb=_peak_mb(),
                external_data=[e.to_dict() for e in model.card.external_data], ran_on=model.backend)
-    window = np.random.default_rng(0).standard_normal((1, 4, *model.card.patch_size), dtype=np.float32)
+    shape = (size,) * 3 if size else model.card.patch_size
+    window = np.random.default_rng(0).standard_normal((1, 4, *shape), dtype=np.float32)
     t0 = time.perf_counter()
     logits = model.predict(window)
-    row.update(window=list(model.card.patch_size), window_seconds=round(time.perf_counter() - t0, 1),
+    row.update(window=list(shape), window_seconds=round(time.perf_counter() - t0, 1),
                logits_finite=bool(np.isfinite(logits).all()))
     _record(row, out)
 
@@ -89,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--run-window", type=int, default=None, help="load: run this cube instead of the card's window")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.step == "export":
         export(args.work, args.width, args.folds, args.window, args.out)
     else:
-        load(args.work, args.backend, args.out)
+        load(args.work, args.backend, args.out, args.run_window)
     return 0
 
 

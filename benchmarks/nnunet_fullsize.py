@@ -199,7 +199,7 @@ def report(out: Path, doc: Path) -> None:
     """Rewrite the measured tables between the markers in ``doc`` from ``out`` (rows as measured)."""
     rows = json.loads(out.read_text())
     lines = ["Measured rows (each its own process; load average over 1 min before / after the row):", "",
-             "| model | what | case | mirror | sum | backend | windows | network runs | seconds | "
+             "| model | what | case | mirror | sum | backend | windows | graph runs | seconds | "
              "load s | peak RSS after load MB | peak RSS MB | load avg | when |",
              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
