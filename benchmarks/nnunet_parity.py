@@ -49,6 +49,7 @@ class Row:
     postprocessing: bool = False
     configuration: str | None = None       # None: the spec's
     previous: str | None = None            # a cascade: the row whose nnU-Net predictions are its previous stage
+    checkpoint: str = "checkpoint_final.pth"
 
     def config(self, spec: Spec) -> str:
         return self.configuration or spec.configuration
@@ -64,7 +65,8 @@ ROWS = (
         "kits_order"),
     Row("ct", "3d_fullres softmax CT (CTNormalization, resampled both ways)", "ct"),
     Row("brain-lowres", "3d_lowres softmax MR (4.5 mm; its 2-fold split, fold 0 trained)", "brain_configs", configuration="3d_lowres"),
-    Row("brain-2d", "2d softmax MR (slice-wise, 3 mm in-plane)", "brain_configs", configuration="2d"),
+    Row("brain-2d", "2d softmax MR (slice-wise, 3 mm in-plane; checkpoint_best after 8 of 15 epochs)",
+        "brain_configs", configuration="2d", checkpoint="checkpoint_best.pth"),
     Row("brain-cascade", "3d_cascade_fullres on 3d_lowres, one two-stage model (nnU-Net: lowres predictions as "
         "-prev_stage_predictions)", "brain_configs", configuration="3d_cascade_fullres", previous="brain-lowres"),
 )
@@ -75,8 +77,8 @@ def model_folder(work: Path, spec: Spec, configuration: str | None = None) -> Pa
             / f"{TRAINER}__nnUNetPlans__{configuration or spec.configuration}")
 
 
-def present_folds(folder: Path) -> list[str]:
-    return sorted((p.name[5:] for p in folder.glob("fold_*") if (p / "checkpoint_final.pth").is_file()), key=int)
+def present_folds(folder: Path, checkpoint: str = "checkpoint_final.pth") -> list[str]:
+    return sorted((p.name[5:] for p in folder.glob("fold_*") if (p / checkpoint).is_file()), key=int)
 
 
 def run(cmd: list[str], work: Path) -> str:
@@ -105,7 +107,7 @@ def nnunet_outputs(row: Row, spec: Spec, folder: Path, folds: list[str], out: Pa
         return final, out / "logits"
     prev = [] if row.previous is None else ["-prev_stage_predictions", str(out.parent / row.previous / "nnunet")]
     run([str(venv / "bin" / "nnUNetv2_predict"), "-i", str(raw), "-o", str(pred), "-d", str(spec.dataset_id),
-         "-c", row.config(spec), "-tr", TRAINER, "-f", *folds, "-device", "cpu", *prev], work)
+         "-c", row.config(spec), "-tr", TRAINER, "-f", *folds, "-chk", row.checkpoint, "-device", "cpu", *prev], work)
     if row.postprocessing:
         pp = folder / f"crossval_results_folds_{'_'.join(folds)}" / "postprocessing.pkl"
         run([str(venv / "bin" / "nnUNetv2_apply_postprocessing"), "-i", str(pred), "-o", str(out / "nnunet_pp"),
@@ -116,7 +118,8 @@ def nnunet_outputs(row: Row, spec: Spec, folder: Path, folds: list[str], out: Pa
              for cid in sorted({p.name[:9] for p in raw.glob("case_*.nii.gz")})]
     run([str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "nnunet_parity_logits.py"), str(folder),
          str(out / "logits"), "auto" if row.folds is None else ",".join(folds),
-         *([f"--prev={out.parent / row.previous / 'nnunet'}"] if row.previous else []), *cases], work)
+         f"--chk={row.checkpoint}", *([f"--prev={out.parent / row.previous / 'nnunet'}"] if row.previous else []),
+         *cases], work)
     done.write_text(json.dumps(folds))
     return pred, out / "logits"
 
@@ -170,13 +173,13 @@ def run_row(row: Row, work: Path, venv: Path, fixtures: bool, reuse: bool = Fals
 
     spec = SPECS[row.spec]
     folder = model_folder(work, spec, row.config(spec))
-    folds = list(row.folds) if row.folds else present_folds(folder)
+    folds = list(row.folds) if row.folds else present_folds(folder, row.checkpoint)
     if not folds:
         return {"key": row.key, "title": row.title, "status": "not trained"}
     out = work / "parity" / row.key
     out.mkdir(parents=True, exist_ok=True)
     pred, logits_dir = nnunet_outputs(row, spec, folder, folds, out, work, venv, reuse)
-    imported = import_nnunet(folder, folds=row.folds, postprocessing=row.postprocessing)
+    imported = import_nnunet(folder, folds=row.folds, postprocessing=row.postprocessing, checkpoint_name=row.checkpoint)
     onnx_path = out / "model.onnx"
     imported.export(onnx_path)
     model = Model.load(onnx_path)
@@ -219,22 +222,22 @@ def _strip_checkpoint(src: Path, dst: Path) -> None:
     torch.save(keep, dst)
 
 
-def _copy_model(folder: Path, folds: list[str]) -> None:
+def _copy_model(folder: Path, folds: list[str], checkpoint: str = "checkpoint_final.pth") -> None:
     dst = FIXTURES / folder.parent.name / folder.name
     for name in ("plans.json", "dataset.json"):
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / name, dst / name)
     for fold in folds:
-        target = dst / f"fold_{fold}" / "checkpoint_final.pth"
+        target = dst / f"fold_{fold}" / checkpoint
         if not target.is_file():
-            _strip_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", target)
+            _strip_checkpoint(folder / f"fold_{fold}" / checkpoint, target)
 
 
 def write_fixture(row: Row, spec: Spec, folder: Path, folds: list[str], cid: str, seed: int, case,
                   theirs: np.ndarray, mirror_axes: list[int]) -> None:
     """The model folder(s) (checkpoints without optimizer state) and nnU-Net's label map, for the CI test."""
     dst = FIXTURES / folder.parent.name / folder.name
-    _copy_model(folder, folds)
+    _copy_model(folder, folds, row.checkpoint)
     if row.previous is not None:
         prev = next(r for r in ROWS if r.key == row.previous)
         prev_folder = folder.parent / f"{TRAINER}__nnUNetPlans__{prev.config(spec)}"
@@ -251,6 +254,7 @@ def write_fixture(row: Row, spec: Spec, folder: Path, folds: list[str], cid: str
     entry = rows.setdefault(row.key, {"model": f"{folder.parent.name}/{folder.name}", "folds": list(row.folds or []),
                                       "postprocessing": row.postprocessing, "title": row.title, "cases": {}})
     entry["mirror_axes"] = mirror_axes
+    entry["checkpoint"] = row.checkpoint
     entry["cases"][cid] = {"spec": row.spec, "kind": spec.kind, "seed": seed, "spacing": list(spec.test_spacing),
                            "relabel": list(spec.relabel or []), "images_sha256": image_sha(case)}
     index.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")

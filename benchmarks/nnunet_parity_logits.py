@@ -1,6 +1,6 @@
 """nnU-Net's own logits on its preprocessed grid, for the parity check. Runs in the nnU-Net venv only.
 
-    /work/nnunet-venv/bin/python benchmarks/nnunet_parity_logits.py MODEL_FOLDER OUT_DIR FOLDS [--prev=DIR] \
+    /work/nnunet-venv/bin/python benchmarks/nnunet_parity_logits.py MODEL_FOLDER OUT_DIR FOLDS [--chk=NAME] [--prev=DIR] \
         CASE_ID:IMG0,IMG1 ...
 
 FOLDS is ``auto`` (every fold present, as nnU-Net's default) or a comma-separated list. ``--prev`` (a
@@ -46,10 +46,12 @@ def main(argv: list[str]) -> int:
                                 perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                                 allow_tqdm=False)
     use_folds = None if folds == "auto" else [int(f) for f in folds.split(",")]
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=use_folds,
-                                                   checkpoint_name="checkpoint_final.pth")
-    pre = predictor.configuration_manager.preprocessor_class(verbose=False)
     specs = argv[3:]
+    checkpoint = "checkpoint_final.pth"
+    if specs and specs[0].startswith("--chk="):
+        checkpoint = specs.pop(0)[len("--chk="):]
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=use_folds, checkpoint_name=checkpoint)
+    pre = predictor.configuration_manager.preprocessor_class(verbose=False)
     prev = None
     if specs and specs[0].startswith("--prev="):
         prev = Path(specs.pop(0)[len("--prev="):])

@@ -69,7 +69,7 @@ SPECS = {
     # nnU-Net and the node both feed it the 3d_lowres model's own prediction.
     "brain_configs": Spec(905, "ParityBrainConfigs", "brain", (3.0, 3.0, 3.0), (3.6, 2.7, 2.7), (24, 24, 24),
                           configuration="3d_lowres", split_folds=2,
-                          runs=(("3d_lowres", "0", 25), ("2d", "0", 15), ("3d_cascade_fullres", "0", 15))),
+                          runs=(("3d_lowres", "0", 25), ("2d", "0", 15), ("3d_cascade_fullres", "0", 8))),
 }
 
 PATCH_2D = [56, 48]
@@ -158,7 +158,7 @@ class nnUNetTrainer_Tiny(nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("PARITY_EPOCHS", DEFAULT_EPOCHS))
-        self.num_iterations_per_epoch = 50
+        self.num_iterations_per_epoch = int(os.environ.get("PARITY_ITERATIONS", 50))
         self.num_val_iterations_per_epoch = 4
 '''
 
@@ -235,17 +235,26 @@ def prepare(spec: Spec, work: Path, venv: Path) -> None:
     sh(venv, ["nnUNetv2_preprocess", "-d", str(spec.dataset_id), "-c", "3d_fullres", "-np", "1"], work)
 
 
-def stage_from_truth(spec: Spec, work: Path) -> None:
-    """The cascade's previous-stage segmentations (``predicted_next_stage/3d_cascade_fullres``) from the ground
-    truth preprocessed for 3d_fullres, for every training case."""
-    import shutil
+STAGE_FROM_TRUTH = """
+import sys
+from pathlib import Path
+import blosc2
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+for f in sorted(src.glob('case_*_seg.b2nd')):
+    seg = blosc2.open(urlpath=str(f), mode='r')[:]
+    nnUNetDatasetBlosc2.save_seg(seg[0], str(dst / f.name.replace('_seg.b2nd', '')))
+"""
 
+
+def stage_from_truth(spec: Spec, work: Path, venv: Path) -> None:
+    """The cascade's previous-stage segmentations (``predicted_next_stage/3d_cascade_fullres``, one 3-D map per
+    case as nnU-Net's validation saves them) from the ground truth preprocessed for 3d_fullres, every case."""
     name = f"Dataset{spec.dataset_id:03d}_{spec.name}"
     src = work / "preprocessed" / name / "nnUNetPlans_3d_fullres"
     dst = work / "results" / name / f"{TRAINER}__nnUNetPlans__3d_lowres" / "predicted_next_stage" / "3d_cascade_fullres"
-    dst.mkdir(parents=True, exist_ok=True)
-    for seg in sorted(src.glob("case_*_seg.b2nd")):
-        shutil.copy(seg, dst / seg.name.replace("_seg.b2nd", ".b2nd"))
+    sh(venv, ["python", "-c", STAGE_FROM_TRUTH, str(src), str(dst)], work)
 
 
 def train(spec: Spec, work: Path, venv: Path, folds: list[str]) -> None:
@@ -255,7 +264,7 @@ def train(spec: Spec, work: Path, venv: Path, folds: list[str]) -> None:
         if (results / f"fold_{fold}" / "checkpoint_final.pth").is_file():
             continue
         if configuration == "3d_cascade_fullres":
-            stage_from_truth(spec, work)
+            stage_from_truth(spec, work, venv)
         sh(venv, ["nnUNetv2_train", str(spec.dataset_id), configuration, fold, "-tr", TRAINER, "-device", "cpu"],
            work, PARITY_EPOCHS=str(epochs))
 

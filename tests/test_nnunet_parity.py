@@ -65,7 +65,8 @@ def test_every_configuration_has_a_fixture() -> None:
 def test_node_gives_what_nnunet_predict_gave(key: str, tmp_path: Path) -> None:
     row = ROWS[key]
     folder = FIXTURES / row["model"]
-    imported = import_nnunet(folder, folds=row["folds"] or None, postprocessing=row["postprocessing"])
+    imported = import_nnunet(folder, folds=row["folds"] or None, postprocessing=row["postprocessing"],
+                             checkpoint_name=row.get("checkpoint", "checkpoint_final.pth"))
     card = imported.card
     # nnU-Net's default test-time mirroring, from the checkpoint (a 2d model: the two in-plane axes)
     assert card["mirror_axes"] == row.get("mirror_axes", [0, 1, 2])
