@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distillation.study.analysis import interval_sentence
 from distillation.study.baseline_row import load_baseline
 from distillation.study.config import StudyConfig
 from distillation.study.failures import failure_lines
-from distillation.study.gate import gate_lines
 
 __all__ = ["summarise", "targets", "write_report", "TABLE_COLUMNS"]
 
@@ -146,6 +144,11 @@ def targets(entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = 
     """The targets, each as a measured sentence (met / not met / not measured); with the rows' per-case
     results a KD-vs-no-KD verdict also needs its paired interval to exclude 0; with the voxel baseline,
     the pilot gate's two margins (docs/study.md) close the list."""
+    # imported here: distillation.study's package import loads this module, and `python -m` of either
+    # module must not find it loaded already
+    from distillation.study.analysis import interval_sentence
+    from distillation.study.gate import gate_lines
+
     lines: list[str] = []
     teacher = next((e for e in entries if e["role"] == "teacher"), None)
     students = [e for e in entries if e["role"] == "student" and e.get("label_budget") is None]
