@@ -17,7 +17,7 @@ import numpy as np
 
 from pacsnode.errors import ConfigError
 
-__all__ = ["RawDataset", "RawCase", "read_dataset", "load_case"]
+__all__ = ["RawDataset", "RawCase", "read_dataset", "load_case", "channel_files"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,16 @@ def _require(meta: Mapping[str, Any], key: str, path: Path) -> Any:
     return meta[key]
 
 
+def channel_files(images: Path, ident: str, channels: int, ending: str, what: str = "case") -> tuple[Path, ...]:
+    """``images/IDENT_0000ENDING`` ... one file per channel, all present, or one ConfigError naming those missing."""
+    files = tuple(images / f"{ident}_{c:04d}{ending}" for c in range(channels))
+    missing = [p.name for p in files if not p.exists()]
+    if missing:
+        raise ConfigError(f"every {what} must have one image per channel ({channels}), case {ident!r} lacks "
+                          f"{', '.join(missing)} in {images}")
+    return files
+
+
 def read_dataset(root: str | Path) -> RawDataset:
     """Read ``root/dataset.json`` and pair every ``labelsTr`` case with its ``imagesTr`` channels."""
     root = Path(root)
@@ -74,12 +84,7 @@ def read_dataset(root: str | Path) -> RawDataset:
     cases = []
     for lab in sorted((root / "labelsTr").glob(f"*{ending}")):
         ident = lab.name[: -len(ending)]
-        imgs = tuple(root / "imagesTr" / f"{ident}_{c:04d}{ending}" for c in range(len(channel_names)))
-        missing = [p.name for p in imgs if not p.exists()]
-        if missing:
-            raise ConfigError(f"every case must have one image per channel, case {ident!r} lacks "
-                              f"{', '.join(missing)} in {root / 'imagesTr'}")
-        cases.append(RawCase(ident, imgs, lab))
+        cases.append(RawCase(ident, channel_files(root / "imagesTr", ident, len(channel_names), ending), lab))
     if not cases:
         raise ConfigError(f"a dataset must have at least one case in labelsTr/*{ending}, found none in {root}")
     return RawDataset(root, str(meta.get("name", root.name)), channel_names, labels, ending, tuple(cases))

@@ -22,7 +22,7 @@ import numpy as np
 
 from distillation.data.plan import DataPlan
 from distillation.data.preprocess import node_preprocess
-from distillation.data.raw import RawCase, load_case
+from distillation.data.raw import RawCase, channel_files, load_case
 from pacsnode.errors import ConfigError
 
 __all__ = ["find_unlabelled", "preprocess_unlabelled"]
@@ -51,12 +51,7 @@ def find_unlabelled(folder: str | Path, channels: int) -> list[RawCase]:
     cases = []
     for first in sorted(images.glob(f"*_0000{ending}")):
         ident = first.name[: -len(f"_0000{ending}")]
-        files = tuple(images / f"{ident}_{c:04d}{ending}" for c in range(channels))
-        missing = [p.name for p in files if not p.exists()]
-        if missing:
-            raise ConfigError(f"every unlabelled case must have one image per channel ({channels}), case "
-                              f"{ident!r} lacks {', '.join(missing)} in {images}")
-        cases.append(RawCase(ident, files, None))
+        cases.append(RawCase(ident, channel_files(images, ident, channels, ending, "unlabelled case"), None))
     if not cases:
         raise ConfigError(f"--unlabelled must hold at least one case (CASE_0000{ending}), found none in {images}")
     return cases
